@@ -1,0 +1,244 @@
+//! One typed configuration, read from `config/default.toml` (compiled in), an optional file named
+//! by `ORDERS_CONFIG`, and environment variables, in rising order of precedence.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Every setting of the service; `config/default.toml` documents each one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database_url: String,
+    pub db_pool_size: usize,
+    pub db_statement_timeout_ms: u64,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub event_channel: String,
+    pub listen: SocketAddr,
+    pub admin_token: String,
+    pub processing_delay_ms: DelayRange,
+    pub workers: usize,
+    pub max_in_flight: usize,
+    pub max_attempts: u32,
+    pub lease_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub notifier_catch_up_ms: u64,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Term,
+    Json,
+}
+
+/// The simulated processing time: uniform between `min` and `max` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DelayRange {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl TryFrom<String> for DelayRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("processing_delay_ms: expected \"MIN-MAX\" or \"N\", got {text:?}");
+        let (min, max) = match text.split_once('-') {
+            Some((a, b)) => (a.trim().parse(), b.trim().parse()),
+            None => (text.trim().parse(), text.trim().parse()),
+        };
+        match (min, max) {
+            (Ok(min), Ok(max)) if min <= max => Ok(DelayRange { min, max }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl DelayRange {
+    /// One draw from the range.
+    pub fn sample(self) -> Duration {
+        if self.max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(rand::random_range(self.min..=self.max))
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid TOML in {path}: {source}")]
+    Toml {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{name}={value:?} is not a valid value for {key}")]
+    Env {
+        name: String,
+        value: String,
+        key: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the configuration the running process should use.
+    pub fn load() -> Result<Config, ConfigError> {
+        Self::load_from(|name| std::env::var(name).ok())
+    }
+
+    /// Loads the configuration with `env` standing for the environment (tests pass their own).
+    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut table = parse_table(DEFAULTS, "config/default.toml")?;
+        if let Some(path) = env("ORDERS_CONFIG") {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            table.extend(parse_table(&text, &path)?);
+        }
+        let keys: Vec<String> = table.keys().cloned().collect();
+        for key in keys {
+            let name = format!("ORDERS_{}", key.to_uppercase());
+            let alias = match key.as_str() {
+                "database_url" => env("DATABASE_URL"),
+                "redis_url" => env("REDIS_URL"),
+                _ => None,
+            };
+            let Some(value) = env(&name).or(alias) else {
+                continue;
+            };
+            let parsed = match &table[&key] {
+                toml::Value::Integer(_) => value.trim().parse().map(toml::Value::Integer).ok(),
+                _ => Some(toml::Value::String(value.clone())),
+            };
+            let parsed = parsed.ok_or_else(|| ConfigError::Env {
+                name,
+                value,
+                key: key.clone(),
+            })?;
+            table.insert(key, parsed);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.check()
+    }
+
+    fn check(self) -> Result<Config, ConfigError> {
+        let positive = [
+            ("db_pool_size", self.db_pool_size),
+            ("workers", self.workers),
+            ("max_in_flight", self.max_in_flight),
+            ("max_attempts", self.max_attempts as usize),
+            ("lease_ms", self.lease_ms as usize),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid(
+                "redis_prefix must be non-empty and hold no braces".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The admin token, if one is configured.
+    pub fn admin_token(&self) -> Option<&str> {
+        Some(self.admin_token.as_str()).filter(|t| !t.is_empty())
+    }
+}
+
+fn parse_table(text: &str, path: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|source| ConfigError::Toml {
+            path: path.to_string(),
+            source: Box::new(source),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_work_against_local_services() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(
+            config.processing_delay_ms,
+            DelayRange {
+                min: 1000,
+                max: 3000
+            }
+        );
+        assert_eq!(config.max_in_flight, 1000);
+        assert_eq!(config.event_channel, "order.completed");
+        assert_eq!(config.admin_token(), None);
+        assert_eq!(config.log_format, LogFormat::Term);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(&[
+            ("DATABASE_URL", "postgres://x@h/db"),
+            ("ORDERS_PROCESSING_DELAY_MS", "0"),
+            ("ORDERS_MAX_IN_FLIGHT", "5000"),
+            ("ORDERS_ADMIN_TOKEN", "s3cret"),
+            ("ORDERS_LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_url, "postgres://x@h/db");
+        assert_eq!(config.processing_delay_ms, DelayRange { min: 0, max: 0 });
+        assert_eq!(config.max_in_flight, 5000);
+        assert_eq!(config.admin_token(), Some("s3cret"));
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(matches!(
+            load(&[("ORDERS_WORKERS", "many")]),
+            Err(ConfigError::Env { .. })
+        ));
+        assert!(load(&[("ORDERS_WORKERS", "0")]).is_err());
+        assert!(load(&[("ORDERS_PROCESSING_DELAY_MS", "3-1")]).is_err());
+        assert!(load(&[("ORDERS_LOG_FORMAT", "xml")]).is_err());
+        assert!(load(&[("ORDERS_LISTEN", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn delays_sample_within_their_range() {
+        let range = DelayRange::try_from("10-20".to_string()).unwrap();
+        for _ in 0..100 {
+            let d = range.sample().as_millis();
+            assert!((10..=20).contains(&d));
+        }
+        assert_eq!(DelayRange { min: 0, max: 0 }.sample(), Duration::ZERO);
+    }
+}

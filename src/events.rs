@@ -1,0 +1,175 @@
+//! Order events on Redis pub/sub, and the notifier that turns `order.completed` into customer
+//! notifications, once per order.
+
+use crate::order::{Job, Money, Status};
+use crate::store::Store;
+use crate::Shutdown;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use slog::{info, warn, Logger};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Channel of failed orders.
+pub const FAILED_CHANNEL: &str = "order.failed";
+/// Channel of cancelled orders.
+pub const CANCELLED_CHANNEL: &str = "order.cancelled";
+
+/// What is published when an order reaches a final status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub status: Status,
+    pub total: Money,
+    pub items: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+impl Event {
+    /// The event of `job` reaching `status`.
+    pub fn new(job: &Job, status: Status, completed_at: Option<OffsetDateTime>) -> Event {
+        Event {
+            event_id: Uuid::now_v7(),
+            order_id: job.order_id,
+            customer_id: job.customer_id.clone(),
+            status,
+            total: job.total,
+            items: job.items.clone(),
+            accepted_at: job.accepted_at,
+            completed_at,
+        }
+    }
+
+    /// The event of an order as stored (its current status).
+    pub fn of_order(order: &crate::store::OrderView) -> Event {
+        Event {
+            event_id: Uuid::now_v7(),
+            order_id: order.order_id,
+            customer_id: order.customer_id.clone(),
+            status: order.status,
+            total: order.total,
+            items: order.items.clone(),
+            accepted_at: order.accepted_at,
+            completed_at: order.completed_at,
+        }
+    }
+
+    /// The JSON published.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The line a customer notification writes (the stand-in for sending an email).
+pub fn notification_line(customer_id: &str, order_id: Uuid) -> String {
+    format!("Email sent to customer {customer_id} for Order #{order_id} - Status: completed")
+}
+
+/// Notifications sent at once; more wait for a slot (and so slow the subscription down, which
+/// Redis buffers) rather than piling up.
+const CONCURRENT_NOTIFICATIONS: usize = 64;
+
+/// The notifier role: subscribes to the completion channel and notifies each customer once.
+/// When the subscription drops (Redis restarted) it resubscribes with backoff, and every
+/// `catch_up` it notifies completed orders whose event it missed.
+pub async fn run_notifier(
+    client: redis::Client,
+    channel: String,
+    store: Store,
+    catch_up: Duration,
+    shutdown: Shutdown,
+    log: Logger,
+) {
+    let log = log.new(slog::o!("role" => "notifier"));
+    let slots = Arc::new(Semaphore::new(CONCURRENT_NOTIFICATIONS));
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e, "in_ms" => backoff.as_millis() as u64);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            warn!(log, "subscribe failed, retrying"; "error" => %e);
+            continue;
+        }
+        info!(log, "subscribed"; "channel" => &channel);
+        backoff = Duration::from_millis(100);
+        let mut messages = pubsub.on_message();
+        let mut tick = tokio::time::interval(catch_up);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        warn!(log, "subscription ended (Redis restarted?), resubscribing");
+                        break;
+                    };
+                    let event: Event = match serde_json::from_slice(message.get_payload_bytes()) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            warn!(log, "ignoring a message that is not an order event"; "error" => %e);
+                            continue;
+                        }
+                    };
+                    if event.status != Status::Completed {
+                        continue;
+                    }
+                    let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                    let (store, log) = (store.clone(), log.clone());
+                    tokio::spawn(async move {
+                        notify(&store, event.order_id, &event.customer_id, &log).await;
+                        drop(slot);
+                    });
+                }
+                _ = tick.tick() => catch_up_missed(&store, catch_up, &log).await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+    // Let the notifications under way finish.
+    let _ = slots.acquire_many(CONCURRENT_NOTIFICATIONS as u32).await;
+    info!(log, "notifier stopped");
+}
+
+async fn notify(store: &Store, order_id: Uuid, customer_id: &str, log: &Logger) {
+    let sent = store
+        .notify_once(order_id, customer_id, || {
+            info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
+        })
+        .await;
+    if let Err(e) = sent {
+        // The catch-up finds it again later.
+        warn!(log, "notification not recorded"; "order_id" => %order_id, "error" => %e);
+    }
+}
+
+/// Notifies completed orders whose event never arrived. Orders completed within the last period
+/// are left to the live subscription.
+async fn catch_up_missed(store: &Store, grace: Duration, log: &Logger) {
+    match store.missed_notifications(grace, 1000).await {
+        Ok(missed) => {
+            if !missed.is_empty() {
+                info!(log, "catching up missed notifications"; "count" => missed.len());
+            }
+            for (order_id, customer_id) in missed {
+                notify(store, order_id, &customer_id, log).await;
+            }
+        }
+        Err(e) => warn!(log, "catch-up query failed"; "error" => %e),
+    }
+}

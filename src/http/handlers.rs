@@ -1,0 +1,289 @@
+//! The handlers: plain async functions from parsed input to a reply or an [`ApiError`].
+
+use super::{Api, ApiError, MAX_BATCH};
+use crate::events::{Event, CANCELLED_CHANNEL};
+use crate::order::{Job, NewOrder, Status};
+use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
+use bytes::Bytes;
+use serde::Deserialize;
+use slog::{info, warn};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::reply::{json, with_header, with_status, Response};
+use warp::{Rejection, Reply};
+
+/// Default and largest page of `GET /orders`.
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+fn reject(e: impl Into<ApiError>) -> Rejection {
+    warp::reject::custom(e.into())
+}
+
+/// `POST /orders`: validate, enqueue, 202.
+pub async fn create_order(body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+    let order = NewOrder::parse(&body).map_err(reject)?;
+    let job = Job::accept(order, OffsetDateTime::now_utc());
+    api.queue
+        .enqueue(std::slice::from_ref(&job))
+        .await
+        .map_err(reject)?;
+    info!(api.log, "order accepted"; "order_id" => %job.order_id);
+    let body = json(&serde_json::json!({"order_id": job.order_id, "status": "queued"}));
+    let location = format!("/orders/{}", job.order_id);
+    Ok(with_header(
+        with_status(body, StatusCode::ACCEPTED),
+        "location",
+        location,
+    )
+    .into_response())
+}
+
+/// `POST /orders/batch`: a JSON array of up to 1,000 orders; all valid and enqueued, or none.
+pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+    let orders = NewOrder::parse_batch(&body).map_err(|(index, e)| {
+        let mut e = ApiError::from(e);
+        if let (Some(i), ApiError::InvalidField { field, message }) = (index, &mut e) {
+            *message = format!("order {i}: {message}");
+            *field = format!("[{i}].{field}");
+        } else if let (Some(i), ApiError::InvalidBody { message, .. }) = (index, &mut e) {
+            *message = format!("order {i}: {message}");
+        }
+        reject(e)
+    })?;
+    if orders.is_empty() || orders.len() > MAX_BATCH {
+        return Err(reject(ApiError::InvalidField {
+            field: "orders".into(),
+            message: format!("a batch holds 1 to {MAX_BATCH} orders"),
+        }));
+    }
+    let now = OffsetDateTime::now_utc();
+    let jobs: Vec<Job> = orders.into_iter().map(|o| Job::accept(o, now)).collect();
+    api.queue.enqueue(&jobs).await.map_err(reject)?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
+    for id in &ids {
+        info!(api.log, "order accepted"; "order_id" => %id, "batch" => true);
+    }
+    let body = json(&serde_json::json!({"order_ids": ids, "status": "queued"}));
+    Ok(with_status(body, StatusCode::ACCEPTED).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    customer_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Rejection {
+    reject(ApiError::InvalidField {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// `GET /orders?status=&customer_id=&limit=&cursor=`: newest first, keyset pagination.
+pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejection> {
+    let params: ListParams = serde_urlencoded::from_str(&query)
+        .map_err(|e| reject(ApiError::InvalidQuery(format!("invalid query string: {e}"))))?;
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            invalid(
+                "status",
+                "status must be one of queued, processing, completed, failed, cancelled",
+            )
+        })?),
+    };
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| invalid("limit", format!("limit must be 1 to {MAX_LIMIT}")))?,
+    };
+    let after = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            Cursor::decode(c)
+                .ok_or_else(|| invalid("cursor", "cursor is not one this API returned"))?,
+        ),
+    };
+    let query = ListQuery {
+        status,
+        customer_id: params.customer_id,
+        limit,
+        after,
+    };
+    let (orders, next) = api.store.list(&query).await.map_err(reject)?;
+    let next_cursor = next.map(|c| c.encode());
+    Ok(json(&serde_json::json!({"orders": orders, "next_cursor": next_cursor})).into_response())
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Rejection> {
+    Uuid::try_parse(id).map_err(|_| reject(ApiError::NotFound(format!("no order {id}"))))
+}
+
+/// Finds an order in PostgreSQL or, while no worker has stored it yet, in Redis. PostgreSQL is
+/// asked again after a Redis miss: a worker may have stored and acknowledged it in between.
+async fn find(api: &Api, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
+    if let Some(order) = api.store.get(order_id).await? {
+        return Ok(Some(order));
+    }
+    if let Some(job) = api.queue.pending(order_id).await? {
+        return Ok(Some(OrderView::queued(job)));
+    }
+    Ok(api.store.get(order_id).await?)
+}
+
+/// `GET /orders/{id}`.
+pub async fn get_order(id: String, api: Arc<Api>) -> Result<Response, Rejection> {
+    let order_id = parse_id(&id)?;
+    match find(&api, order_id).await.map_err(reject)? {
+        Some(order) => Ok(json(&order).into_response()),
+        None => Err(reject(ApiError::NotFound(format!("no order {order_id}")))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusChange {
+    status: String,
+}
+
+/// `PUT /orders/{id}/status` with `{"status": "cancelled"}`.
+pub async fn set_status(id: String, body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+    let order_id = parse_id(&id)?;
+    let change: StatusChange = serde_json::from_slice(&body)
+        .map_err(|e| reject(crate::order::InvalidOrder::from_json(e)))?;
+    match Status::parse(&change.status) {
+        Some(Status::Cancelled) => {}
+        Some(other) => {
+            return Err(reject(ApiError::Conflict(format!(
+                "an order cannot be set to {other} through the API; only \"cancelled\""
+            ))))
+        }
+        None => return Err(invalid("status", "status must be \"cancelled\"")),
+    }
+    let queued = api.queue.pending(order_id).await.map_err(reject)?;
+    let outcome = api
+        .store
+        .cancel(order_id, queued.as_ref())
+        .await
+        .map_err(reject)?;
+    match outcome {
+        CancelOutcome::NotFound => Err(reject(ApiError::NotFound(format!("no order {order_id}")))),
+        CancelOutcome::Final(status) => Err(reject(ApiError::Conflict(format!(
+            "order {order_id} is already {status}"
+        )))),
+        CancelOutcome::Cancelled => {
+            info!(api.log, "order cancelled"; "order_id" => %order_id);
+            let order = api.store.get(order_id).await.map_err(reject)?;
+            let Some(order) = order else {
+                return Err(reject(ApiError::NotFound(format!("no order {order_id}"))));
+            };
+            let event = Event::of_order(&order).to_json();
+            if let Err(e) = api.queue.publish(CANCELLED_CHANNEL, &event).await {
+                warn!(api.log, "order.cancelled not published"; "order_id" => %order_id, "error" => %e);
+            }
+            Ok(json(&order).into_response())
+        }
+    }
+}
+
+/// `DELETE /orders/{id}` (admin): removes the order and its items.
+pub async fn delete_order(
+    id: String,
+    authorization: Option<String>,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
+    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+    let order_id = parse_id(&id)?;
+    let from_queue = api.queue.remove_queued(order_id).await.map_err(reject)?;
+    let from_store = api.store.delete(order_id).await.map_err(reject)?;
+    if !(from_queue || from_store) {
+        return Err(reject(ApiError::NotFound(format!("no order {order_id}"))));
+    }
+    info!(api.log, "order deleted"; "order_id" => %order_id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Admin routes need the configured token; with none configured they are refused.
+fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(), ApiError> {
+    let Some(configured) = configured else {
+        return Err(ApiError::Forbidden(
+            "admin routes are disabled: no admin token is configured",
+        ));
+    };
+    let Some(sent) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(ApiError::Unauthorized);
+    };
+    // Compare in time independent of where the first difference is.
+    let same = sent.len() == configured.len()
+        && sent
+            .bytes()
+            .zip(configured.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("wrong admin token"))
+    }
+}
+
+/// `GET /readyz`: Redis and PostgreSQL answer and the migrations are applied.
+pub async fn ready(api: Arc<Api>) -> Result<Response, Rejection> {
+    let redis = match api.queue.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let postgres = match api.store.ready().await {
+        Ok(true) => "ok".to_string(),
+        Ok(false) => "migrations not applied".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let ready = redis == "ok" && postgres == "ok";
+    let body = json(&serde_json::json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "redis": redis,
+        "postgres": postgres,
+    }));
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(with_status(body, status).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_routes_are_refused_without_the_right_token() {
+        assert!(matches!(
+            authorize_admin(None, Some("Bearer x")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), None),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Basic s3cret")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Bearer s3creT")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(authorize_admin(Some("s3cret"), Some("Bearer s3cret")).is_ok());
+    }
+}

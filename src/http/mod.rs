@@ -1,0 +1,187 @@
+//! The HTTP API: routes built from small filters, plain async handlers, and one `recover` that
+//! turns every rejection into the one JSON error shape.
+
+mod error;
+mod handlers;
+
+pub use error::ApiError;
+
+use crate::queue::Queue;
+use crate::store::Store;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use slog::{warn, Logger};
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::{Filter, Rejection, Reply};
+
+/// Largest body of `POST /orders` and `PUT /orders/{id}/status`.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// Largest body of `POST /orders/batch` (1,000 orders).
+pub const MAX_BATCH_BODY: u64 = 4 * 1024 * 1024;
+/// Most orders in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// What the handlers share.
+pub struct Api {
+    pub queue: Queue,
+    pub store: Store,
+    pub admin_token: Option<String>,
+    pub log: Logger,
+}
+
+/// Every route of the API, with errors recovered into JSON.
+pub fn routes(
+    api: Arc<Api>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let log = api.log.clone();
+    let with_api = warp::any().map(move || api.clone());
+
+    let create = warp::path!("orders")
+        .and(warp::post())
+        .and(json_body(MAX_BODY))
+        .and(with_api.clone())
+        .and_then(handlers::create_order);
+    let batch = warp::path!("orders" / "batch")
+        .and(warp::post())
+        .and(json_body(MAX_BATCH_BODY))
+        .and(with_api.clone())
+        .and_then(handlers::create_batch);
+    let list = warp::path!("orders")
+        .and(warp::get())
+        .and(raw_query())
+        .and(with_api.clone())
+        .and_then(handlers::list_orders);
+    let get = warp::path!("orders" / String)
+        .and(warp::get())
+        .and(with_api.clone())
+        .and_then(handlers::get_order);
+    let cancel = warp::path!("orders" / String / "status")
+        .and(warp::put())
+        .and(json_body(MAX_BODY))
+        .and(with_api.clone())
+        .and_then(handlers::set_status);
+    let delete = warp::path!("orders" / String)
+        .and(warp::delete())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_api.clone())
+        .and_then(handlers::delete_order);
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_api.clone())
+        .and_then(handlers::ready);
+
+    create
+        .or(batch)
+        .or(list)
+        .or(get)
+        .or(cancel)
+        .or(delete)
+        .or(healthz)
+        .or(readyz)
+        .recover(move |rejection| {
+            let log = log.clone();
+            async move { Ok::<_, Infallible>(recover(rejection, &log)) }
+        })
+}
+
+/// The query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// A JSON request body of at most `limit` bytes: 415 for another content type, 413 when larger
+/// (whether or not a content-length says so up front).
+fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and_then(
+            move |kind: Option<String>, length: Option<u64>| async move {
+                let json = kind.as_deref().is_some_and(|k| {
+                    k.split(';')
+                        .next()
+                        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+                });
+                if !json {
+                    return Err(warp::reject::custom(ApiError::UnsupportedMediaType));
+                }
+                if length.is_some_and(|n| n > limit) {
+                    return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
+                }
+                Ok(())
+            },
+        )
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |stream| read_limited(stream, limit))
+}
+
+/// Reads a body stream, refusing it as soon as it grows past `limit`.
+async fn read_limited<B: Buf>(
+    stream: impl futures_util::Stream<Item = Result<B, warp::Error>>,
+    limit: u64,
+) -> Result<Bytes, Rejection> {
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::MalformedJson(format!(
+                "could not read the body: {e}"
+            )))
+        })?;
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// Turns any rejection into the JSON error shape.
+fn recover(rejection: Rejection, log: &Logger) -> warp::reply::Response {
+    let error = if let Some(e) = rejection.find::<ApiError>() {
+        match e {
+            ApiError::Unavailable(cause) => {
+                warn!(log, "request failed: backing service unavailable"; "error" => cause);
+                ApiError::Unavailable(cause.clone())
+            }
+            other => other.clone(),
+        }
+    } else if rejection.is_not_found() {
+        ApiError::NotFound("no such route".into())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge(MAX_BODY)
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        ApiError::UnsupportedMediaType
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else {
+        warn!(log, "unhandled rejection"; "rejection" => ?rejection);
+        ApiError::InvalidQuery(format!("bad request: {rejection:?}"))
+    };
+    error.into_response()
+}
+
+/// Serves the API on `listener` until `shutdown`, then finishes the requests under way.
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: crate::Shutdown) {
+    warp::serve(routes(api))
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await })
+        .run()
+        .await;
+}

@@ -1,0 +1,170 @@
+//! Order processing service: a warp API that validates orders and puts them on a Redis list,
+//! workers that persist and process them in PostgreSQL and publish `order.completed`, and a
+//! notifier that tells each customer once.
+
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod order;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+use config::Config;
+use slog::{info, Logger};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// Cancelled once, when the process should stop (SIGINT/SIGTERM, or a test).
+pub type Shutdown = tokio_util::sync::CancellationToken;
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+    pub notifier: bool,
+}
+
+impl Roles {
+    /// All three roles.
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        notifier: true,
+    };
+
+    /// Parses a comma-separated list such as `api,worker`.
+    pub fn parse(list: &str) -> Result<Roles, String> {
+        let mut roles = Roles {
+            api: false,
+            worker: false,
+            notifier: false,
+        };
+        for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "worker" => roles.worker = true,
+                "notifier" => roles.notifier = true,
+                other => return Err(format!("unknown role {other:?}: use api, worker, notifier")),
+            }
+        }
+        if roles
+            == (Roles {
+                api: false,
+                worker: false,
+                notifier: false,
+            })
+        {
+            return Err("no role given: use api, worker, notifier".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started service.
+pub struct Running {
+    /// Where the API listens, when this process runs the API role.
+    pub addr: Option<SocketAddr>,
+    roles: JoinSet<&'static str>,
+    log: Logger,
+}
+
+impl Running {
+    /// Waits until every role has stopped (after the shutdown token is cancelled).
+    pub async fn wait(mut self) {
+        while let Some(done) = self.roles.join_next().await {
+            match done {
+                Ok(role) => info!(self.log, "role stopped"; "role" => role),
+                Err(e) => slog::error!(self.log, "role crashed"; "error" => %e),
+            }
+        }
+    }
+}
+
+/// Applies the migrations and starts the chosen roles; they run until `shutdown`.
+pub async fn start(
+    config: &Config,
+    roles: Roles,
+    shutdown: Shutdown,
+    log: Logger,
+) -> Result<Running, StartError> {
+    let store = store::Store::new(config)?;
+    store.migrate().await?;
+    let queue = queue::Queue::connect(config).await?;
+    let mut set = JoinSet::new();
+    let mut addr = None;
+    if roles.api {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        addr = Some(local);
+        info!(log, "API listening"; "addr" => %local);
+        let api = Arc::new(http::Api {
+            queue: queue.clone(),
+            store: store.clone(),
+            admin_token: config.admin_token().map(str::to_string),
+            log: log.new(slog::o!("role" => "api")),
+        });
+        let shutdown = shutdown.clone();
+        set.spawn(async move {
+            http::serve(listener, api, shutdown).await;
+            "api"
+        });
+    }
+    if roles.worker {
+        let (config, queue, store, shutdown, log) = (
+            config.clone(),
+            queue.clone(),
+            store.clone(),
+            shutdown.clone(),
+            log.clone(),
+        );
+        set.spawn(async move {
+            worker::run(&config, queue, store, shutdown, log).await;
+            "worker"
+        });
+    }
+    if roles.notifier {
+        let notifier = events::run_notifier(
+            queue.client().clone(),
+            config.event_channel.clone(),
+            store.clone(),
+            std::time::Duration::from_millis(config.notifier_catch_up_ms),
+            shutdown.clone(),
+            log.clone(),
+        );
+        set.spawn(async move {
+            notifier.await;
+            "notifier"
+        });
+    }
+    Ok(Running {
+        addr,
+        roles: set,
+        log,
+    })
+}

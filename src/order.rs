@@ -1,0 +1,557 @@
+//! The domain: what an order is, the rules a valid one follows, and its lifecycle.
+//!
+//! Everything that crosses the HTTP edge or comes off the Redis list is parsed into these types
+//! first, so an invalid order cannot exist past the edge.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Largest accepted total, in cents (99,999,999.99).
+pub const MAX_TOTAL_CENTS: i64 = 9_999_999_999;
+/// Most items one order may hold.
+pub const MAX_ITEMS: usize = 100;
+/// Longest item id, in characters.
+pub const MAX_ITEM_CHARS: usize = 128;
+/// Longest customer id after trimming, in characters.
+pub const MAX_CUSTOMER_CHARS: usize = 64;
+
+/// Why a request body or a queued payload is not an order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOrder {
+    /// Not JSON at all (HTTP 400).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// JSON of the wrong shape: wrong type, missing or unknown field (HTTP 400).
+    #[error("{message}")]
+    WrongShape {
+        message: String,
+        field: Option<String>,
+    },
+    /// A value that breaks a rule (HTTP 422).
+    #[error("{message}")]
+    Rule {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl InvalidOrder {
+    fn rule(field: &'static str, message: impl Into<String>) -> Self {
+        InvalidOrder::Rule {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a serde_json error to malformed JSON (syntax) or the wrong shape (types, fields).
+    pub fn from_json(err: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Data => {
+                let message = err.to_string();
+                let field = field_in_message(&message);
+                InvalidOrder::WrongShape { message, field }
+            }
+            _ => InvalidOrder::Malformed(err.to_string()),
+        }
+    }
+}
+
+/// serde names the offending field between backticks ("unknown field `x`", "missing field `y`").
+fn field_in_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// An amount of money, exact to the cent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(i64);
+
+impl Money {
+    /// The amount in cents.
+    pub fn cents(self) -> i64 {
+        self.0
+    }
+
+    /// From cents as stored; `None` when out of the accepted range.
+    pub fn from_cents(cents: i64) -> Option<Money> {
+        (0..=MAX_TOTAL_CENTS)
+            .contains(&cents)
+            .then_some(Money(cents))
+    }
+
+    /// Parses the literal text of a JSON number exactly, without going through a float:
+    /// `123.45`, `5`, `1.5e1` and `12.300` are accepted; a third significant decimal, a negative
+    /// value or one above 99,999,999.99 is not.
+    pub fn parse_json_number(text: &str) -> Result<Money, InvalidOrder> {
+        let wrong_type = || InvalidOrder::WrongShape {
+            message: "total must be a number".into(),
+            field: Some("total".into()),
+        };
+        let text = text.trim();
+        let (negative, unsigned) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let out_of_range = || InvalidOrder::rule("total", "total must be at most 99999999.99");
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(i) => {
+                let exp = &unsigned[i + 1..];
+                let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+                if exp_digits.is_empty() || !exp_digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(wrong_type());
+                }
+                (
+                    &unsigned[..i],
+                    exp.parse::<i64>().map_err(|_| out_of_range())?,
+                )
+            }
+            None => (unsigned, 0),
+        };
+        let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits_ok = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if int_part.is_empty() || !digits_ok(int_part) || !digits_ok(frac_part) {
+            return Err(wrong_type());
+        }
+        // value = digits * 10^scale, with leading and trailing zeros taken off the digits.
+        let all = format!("{int_part}{frac_part}");
+        let without_trailing = all.trim_end_matches('0');
+        let digits = without_trailing.trim_start_matches('0');
+        if digits.is_empty() {
+            return Ok(Money(0));
+        }
+        if negative {
+            return Err(InvalidOrder::rule("total", "total must not be negative"));
+        }
+        let scale = exponent
+            .saturating_sub(frac_part.len() as i64)
+            .saturating_add((all.len() - without_trailing.len()) as i64);
+        if scale < -2 {
+            return Err(InvalidOrder::rule(
+                "total",
+                "total must have at most 2 decimals",
+            ));
+        }
+        // cents = digits * 10^(scale + 2); beyond 11 digits it is out of range anyway.
+        let shift = scale + 2;
+        if digits.len() as i64 + shift > 11 {
+            return Err(out_of_range());
+        }
+        let base: i64 = digits.parse().map_err(|_| out_of_range())?;
+        Money::from_cents(base * 10_i64.pow(shift as u32)).ok_or_else(out_of_range)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:02}", self.0 / 100, self.0 % 100)
+    }
+}
+
+impl Serialize for Money {
+    /// Written as a JSON number with exactly the cents it holds (`123.45`, `5.00`).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(self.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&RawValue>::deserialize(deserializer)?;
+        Money::parse_json_number(raw.get()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The order body as clients send it; unknown fields are rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderBody<'a> {
+    customer_id: String,
+    items: Vec<String>,
+    #[serde(borrow)]
+    total: &'a RawValue,
+}
+
+/// A valid order that has not been accepted yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub items: Vec<String>,
+    pub total: Money,
+}
+
+impl NewOrder {
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8]) -> Result<NewOrder, InvalidOrder> {
+        let body: OrderBody = serde_json::from_slice(body).map_err(InvalidOrder::from_json)?;
+        Self::from_body(body)
+    }
+
+    /// Parses a JSON array of order bodies (the batch route); the error names the index.
+    pub fn parse_batch(body: &[u8]) -> Result<Vec<NewOrder>, (Option<usize>, InvalidOrder)> {
+        let bodies: Vec<&RawValue> =
+            serde_json::from_slice(body).map_err(|e| (None, InvalidOrder::from_json(e)))?;
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| NewOrder::parse(raw.get().as_bytes()).map_err(|e| (Some(i), e)))
+            .collect()
+    }
+
+    fn from_body(body: OrderBody<'_>) -> Result<NewOrder, InvalidOrder> {
+        let total = Money::parse_json_number(body.total.get())?;
+        Self::validated(body.customer_id, body.items, total)
+    }
+
+    fn validated(
+        customer_id: String,
+        items: Vec<String>,
+        total: Money,
+    ) -> Result<NewOrder, InvalidOrder> {
+        let customer_id = customer_id.trim();
+        let chars = customer_id.chars().count();
+        if chars == 0 || chars > MAX_CUSTOMER_CHARS {
+            return Err(InvalidOrder::rule(
+                "customer_id",
+                format!("customer_id must be 1 to {MAX_CUSTOMER_CHARS} characters"),
+            ));
+        }
+        if customer_id.chars().any(char::is_control) {
+            return Err(InvalidOrder::rule(
+                "customer_id",
+                "customer_id must not contain control characters",
+            ));
+        }
+        if items.is_empty() || items.len() > MAX_ITEMS {
+            return Err(InvalidOrder::rule(
+                "items",
+                format!("items must hold 1 to {MAX_ITEMS} item ids"),
+            ));
+        }
+        for item in &items {
+            let chars = item.chars().count();
+            if item.trim().is_empty() || chars > MAX_ITEM_CHARS {
+                return Err(InvalidOrder::rule(
+                    "items",
+                    format!("each item must be a non-empty string of at most {MAX_ITEM_CHARS} characters"),
+                ));
+            }
+            if item.chars().any(char::is_control) {
+                return Err(InvalidOrder::rule(
+                    "items",
+                    "items must not contain control characters",
+                ));
+            }
+        }
+        Ok(NewOrder {
+            customer_id: customer_id.to_string(),
+            items,
+            total,
+        })
+    }
+}
+
+/// An order's place in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    /// All statuses, in lifecycle order.
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Processing,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The name stored in PostgreSQL and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored or requested status name.
+    pub fn parse(name: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Completed, failed and cancelled orders never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    /// Whether the lifecycle allows going from `self` to `next`.
+    pub fn can_become(self, next: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Queued, Processing)
+                | (Processing, Processing) // a redelivery after a crash
+                | (Processing, Completed)
+                | (Queued | Processing, Failed)
+                | (Queued | Processing, Cancelled)
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accepted order as it travels on the Redis list: the order plus its id and acceptance time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub items: Vec<String>,
+    pub total: Money,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+}
+
+impl Job {
+    /// Accepts a new order: gives it an id (UUIDv7, so ids sort by time) and a timestamp.
+    pub fn accept(order: NewOrder, now: OffsetDateTime) -> Job {
+        Job {
+            order_id: Uuid::now_v7(),
+            customer_id: order.customer_id,
+            items: order.items,
+            total: order.total,
+            accepted_at: now,
+        }
+    }
+
+    /// Parses a payload taken off the list and checks the order rules again: anything can be
+    /// pushed on the list with redis-cli.
+    pub fn parse(payload: &[u8]) -> Result<Job, InvalidOrder> {
+        let job: Job = serde_json::from_slice(payload).map_err(InvalidOrder::from_json)?;
+        let order = NewOrder::validated(job.customer_id, job.items, job.total)?;
+        Ok(Job {
+            order_id: job.order_id,
+            customer_id: order.customer_id,
+            items: order.items,
+            total: order.total,
+            accepted_at: job.accepted_at,
+        })
+    }
+
+    /// The payload pushed on the list.
+    pub fn to_payload(&self) -> String {
+        // Serialising plain strings, numbers and a timestamp cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn money(text: &str) -> Result<i64, InvalidOrder> {
+        Money::parse_json_number(text).map(Money::cents)
+    }
+
+    #[test]
+    fn money_is_exact_to_the_cent() {
+        assert_eq!(money("123.45"), Ok(12345));
+        assert_eq!(money("0"), Ok(0));
+        assert_eq!(money("-0"), Ok(0));
+        assert_eq!(money("0.1"), Ok(10));
+        assert_eq!(money("5"), Ok(500));
+        assert_eq!(money("12.300"), Ok(1230));
+        assert_eq!(money("1.5e1"), Ok(1500));
+        assert_eq!(money("1234E-2"), Ok(1234));
+        assert_eq!(money("0.10e1"), Ok(100));
+        assert_eq!(money("99999999.99"), Ok(MAX_TOTAL_CENTS));
+        assert_eq!(money("0.07"), Ok(7));
+        assert_eq!(money("100"), Ok(10000));
+        assert_eq!(money("1e3"), Ok(100000));
+    }
+
+    #[test]
+    fn money_rejects_what_breaks_a_rule() {
+        for bad in [
+            "0.001",
+            "1.234",
+            "1234.5E-2",
+            "100000000",
+            "99999999.991",
+            "1e20",
+            "-1",
+            "-0.01",
+        ] {
+            assert!(
+                matches!(money(bad), Err(InvalidOrder::Rule { field: "total", .. })),
+                "{bad} should break a rule, got {:?}",
+                money(bad)
+            );
+        }
+        assert!(matches!(
+            money("\"12\""),
+            Err(InvalidOrder::WrongShape { .. })
+        ));
+        assert!(matches!(
+            money("null"),
+            Err(InvalidOrder::WrongShape { .. })
+        ));
+        assert!(matches!(
+            money("1e99999999999999999999"),
+            Err(InvalidOrder::Rule { .. })
+        ));
+        assert!(matches!(money("1e"), Err(InvalidOrder::WrongShape { .. })));
+        assert!(matches!(
+            money("1.2.3"),
+            Err(InvalidOrder::WrongShape { .. })
+        ));
+    }
+
+    #[test]
+    fn money_prints_two_decimals() {
+        assert_eq!(Money(12345).to_string(), "123.45");
+        assert_eq!(Money(500).to_string(), "5.00");
+        assert_eq!(Money(7).to_string(), "0.07");
+        assert_eq!(serde_json::to_string(&Money(12345)).unwrap(), "123.45");
+    }
+
+    #[test]
+    fn a_valid_order_parses() {
+        let order =
+            NewOrder::parse(br#"{"customer_id": " c1 ", "items": ["a", "b"], "total": 123.45}"#)
+                .unwrap();
+        assert_eq!(order.customer_id, "c1");
+        assert_eq!(order.items, ["a", "b"]);
+        assert_eq!(order.total.cents(), 12345);
+    }
+
+    #[test]
+    fn bodies_of_the_wrong_shape_are_400s() {
+        for body in [
+            &br#"{"customer_id": "c", "items": ["a"], "total": 1, "x": 1}"#[..],
+            br#"{"customer_id": "c", "items": ["a"]}"#,
+            br#"{"customer_id": 5, "items": ["a"], "total": 1}"#,
+            br#"{"customer_id": "c", "items": "a", "total": 1}"#,
+            br#"{"customer_id": "c", "items": ["a"], "total": "1"}"#,
+            br#"[]"#,
+        ] {
+            let err = NewOrder::parse(body).unwrap_err();
+            assert!(
+                matches!(err, InvalidOrder::WrongShape { .. }),
+                "{err:?} for {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(matches!(
+            NewOrder::parse(b"{not json"),
+            Err(InvalidOrder::Malformed(_))
+        ));
+        let err = NewOrder::parse(br#"{"customer_id": "c", "items": ["a"], "total": 1, "x": 1}"#)
+            .unwrap_err();
+        assert!(matches!(err, InvalidOrder::WrongShape { field: Some(f), .. } if f == "x"));
+    }
+
+    #[test]
+    fn values_that_break_a_rule_are_422s() {
+        let long = "x".repeat(65);
+        let long_item = "i".repeat(129);
+        let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+        let cases = [
+            (
+                serde_json::json!({"customer_id": "  ", "items": ["a"], "total": 1}),
+                "customer_id",
+            ),
+            (
+                serde_json::json!({"customer_id": long, "items": ["a"], "total": 1}),
+                "customer_id",
+            ),
+            (
+                serde_json::json!({"customer_id": "a\u{7}b", "items": ["a"], "total": 1}),
+                "customer_id",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": [], "total": 1}),
+                "items",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": [""], "total": 1}),
+                "items",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": [long_item], "total": 1}),
+                "items",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": many, "total": 1}),
+                "items",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": ["a"], "total": 1.001}),
+                "total",
+            ),
+            (
+                serde_json::json!({"customer_id": "c", "items": ["a"], "total": -5}),
+                "total",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = NewOrder::parse(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, InvalidOrder::Rule { field, .. } if field == expected),
+                "{err:?} for {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_round_trips_and_is_validated_again() {
+        let order =
+            NewOrder::parse(br#"{"customer_id": "c", "items": ["a"], "total": 0.3}"#).unwrap();
+        let job = Job::accept(order, OffsetDateTime::now_utc());
+        let parsed = Job::parse(job.to_payload().as_bytes()).unwrap();
+        assert_eq!(parsed.order_id, job.order_id);
+        assert_eq!(parsed.total.cents(), 30);
+        let bad = job.to_payload().replace("\"c\"", "\"\"");
+        assert!(matches!(
+            Job::parse(bad.as_bytes()),
+            Err(InvalidOrder::Rule { .. })
+        ));
+        assert!(Job::parse(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_lifecycle_only_moves_forward() {
+        use Status::*;
+        assert!(Queued.can_become(Processing));
+        assert!(Processing.can_become(Completed));
+        assert!(Queued.can_become(Cancelled));
+        assert!(Processing.can_become(Cancelled));
+        for done in [Completed, Failed, Cancelled] {
+            assert!(done.is_final());
+            for next in Status::ALL {
+                assert!(!done.can_become(next), "{done} -> {next}");
+            }
+        }
+        assert!(!Queued.can_become(Completed));
+        assert_eq!(Status::parse("cancelled"), Some(Cancelled));
+        assert_eq!(Status::parse("nope"), None);
+    }
+}

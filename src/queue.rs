@@ -1,0 +1,371 @@
+//! Redis: enqueue, claim, acknowledge, dead-letter, heartbeats and the reaper.
+//!
+//! Keys, all under one hash tag so they share a Redis Cluster slot (prefix `orders`):
+//! - `{orders}:queue`: the list clients' orders wait on (LPUSH in, BLMOVE out from the right);
+//! - `{orders}:processing:<worker>`: what one worker process holds, until acknowledged;
+//! - `{orders}:pending`: hash order id → payload of every accepted order not yet acknowledged, so
+//!   `GET /orders/{id}` sees an order as `queued` from the moment its POST returned;
+//! - `{orders}:workers` and `{orders}:heartbeat:<worker>`: live worker processes and their leases;
+//! - `{orders}:dead`: dead letters (payload, error, time).
+
+use crate::config::Config;
+use crate::order::Job;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncCommands, AsyncConnectionConfig, Script};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A Redis call failed (unreachable, timed out, or refused the command).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+}
+
+/// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
+const CLAIM_BLOCK_SECONDS: f64 = 1.0;
+
+/// The names of the keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    tag: String,
+    queue: String,
+    pending: String,
+    dead: String,
+    workers: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`, wrapped in a hash tag.
+    pub fn new(prefix: &str) -> Keys {
+        let tag = format!("{{{prefix}}}:");
+        Keys {
+            queue: format!("{tag}queue"),
+            pending: format!("{tag}pending"),
+            dead: format!("{tag}dead"),
+            workers: format!("{tag}workers"),
+            tag,
+        }
+    }
+
+    /// The list orders wait on.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The dead-letter list.
+    pub fn dead(&self) -> &str {
+        &self.dead
+    }
+
+    /// The list of orders one worker process holds.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}processing:{worker}", self.tag)
+    }
+
+    fn heartbeat(&self, worker: &str) -> String {
+        format!("{}heartbeat:{worker}", self.tag)
+    }
+}
+
+/// Moves every order held by a worker process whose heartbeat expired back to the queue.
+/// KEYS: workers set, queue. ARGV: key tag. Returns how many orders it moved.
+static REQUEUE_ORPHANS: Lua = Lua(
+    r"
+local moved = 0
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. 'heartbeat:' .. worker) == 0 then
+    local held = ARGV[1] .. 'processing:' .. worker
+    while redis.call('LMOVE', held, KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+    redis.call('SREM', KEYS[1], worker)
+  end
+end
+return moved
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Puts what one worker process still holds back at the head of the queue and retires it.
+/// KEYS: its processing list, queue, workers set, its heartbeat. ARGV: worker id.
+static RETIRE: Lua = Lua(
+    r"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+return moved
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Takes a queued order off the queue (admin delete). KEYS: pending, queue. ARGV: order id.
+static REMOVE_QUEUED: Lua = Lua(
+    r"
+local payload = redis.call('HGET', KEYS[1], ARGV[1])
+if not payload then return 0 end
+redis.call('LREM', KEYS[2], 0, payload)
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+",
+    std::sync::OnceLock::new(),
+);
+
+/// A Lua script, hashed once and run by EVALSHA (loaded on first use).
+struct Lua(&'static str, std::sync::OnceLock<Script>);
+
+impl Lua {
+    fn script(&self) -> Script {
+        self.1.get_or_init(|| Script::new(self.0)).clone()
+    }
+}
+
+/// The Redis side of the service.
+#[derive(Clone)]
+pub struct Queue {
+    /// One multiplexed connection that reconnects by itself: concurrent commands from many
+    /// requests are pipelined on it (a pool checkout per request would serialise them).
+    conn: ConnectionManager,
+    /// Connections with no client-side response timeout, one per fetch loop, for BLMOVE.
+    blocking: deadpool_redis::Pool,
+    keys: Arc<Keys>,
+    client: redis::Client,
+}
+
+impl Queue {
+    /// Connects to Redis; fails when Redis does not answer.
+    pub async fn connect(config: &Config) -> Result<Queue, QueueError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await?;
+        let blocking_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let manager =
+            deadpool_redis::Manager::new_with_config(config.redis_url.as_str(), blocking_config)?;
+        let blocking = deadpool_redis::Pool::builder(manager)
+            .max_size(config.workers)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(2)))
+            .wait_timeout(Some(Duration::from_secs(2)))
+            .build()
+            .map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Client, "redis pool", e.to_string()))
+            })?;
+        Ok(Queue {
+            conn,
+            blocking,
+            keys: Arc::new(Keys::new(&config.redis_prefix)),
+            client,
+        })
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The client, for subscriptions (which need a connection of their own).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Orders waiting on the queue.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.llen(self.keys.queue()).await?)
+    }
+
+    /// Puts accepted orders on the queue, all or none, in one round trip (MULTI/EXEC).
+    pub async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let payloads: Vec<String> = jobs.iter().map(Job::to_payload).collect();
+        let fields: Vec<(String, &str)> = jobs
+            .iter()
+            .zip(&payloads)
+            .map(|(job, p)| (job.order_id.to_string(), p.as_str()))
+            .collect();
+        pipe.hset_multiple(&self.keys.pending, &fields).ignore();
+        pipe.lpush(&self.keys.queue, &payloads).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// An accepted order that no worker has acknowledged yet.
+    pub async fn pending(&self, order_id: Uuid) -> Result<Option<Job>, QueueError> {
+        let mut conn = self.conn.clone();
+        let payload: Option<Vec<u8>> = conn.hget(&self.keys.pending, order_id.to_string()).await?;
+        Ok(payload.and_then(|p| Job::parse(&p).ok()))
+    }
+
+    /// Takes a queued order off the queue (for an admin delete). Whether there was one.
+    pub async fn remove_queued(&self, order_id: Uuid) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = REMOVE_QUEUED
+            .script()
+            .key(&self.keys.pending)
+            .key(&self.keys.queue)
+            .arg(order_id.to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// A connection for one fetch loop's blocking pops. Drop it with
+    /// [`deadpool_redis::Connection::take`] after an error, so a broken one is not reused.
+    pub async fn blocking_connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.blocking.get().await?)
+    }
+
+    /// Waits up to a second for the next order and moves it, atomically, from the queue into
+    /// this worker's processing list, where it stays until acknowledged.
+    pub async fn claim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        processing: &str,
+    ) -> Result<Option<Vec<u8>>, QueueError> {
+        let payload: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&self.keys.queue)
+            .arg(processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(CLAIM_BLOCK_SECONDS)
+            .query_async(conn)
+            .await?;
+        Ok(payload)
+    }
+
+    /// Publishes the order's event (if any) and drops it from the processing list and the
+    /// pending hash, in one atomic round trip.
+    pub async fn acknowledge(
+        &self,
+        processing: &str,
+        payload: &[u8],
+        order_id: Uuid,
+        event: Option<(&str, &str)>,
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some((channel, message)) = event {
+            pipe.publish(channel, message).ignore();
+        }
+        pipe.lrem(processing, -1, payload).ignore();
+        pipe.hdel(&self.keys.pending, order_id.to_string()).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Moves a payload that will never succeed, or whose attempts ran out, to the dead letters.
+    pub async fn dead_letter(
+        &self,
+        processing: &str,
+        payload: &[u8],
+        order_id: Option<Uuid>,
+        error: &str,
+        event: Option<(&str, &str)>,
+    ) -> Result<(), QueueError> {
+        let entry = serde_json::json!({
+            "order_id": order_id,
+            "payload": String::from_utf8_lossy(payload),
+            "error": error,
+            "failed_at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some((channel, message)) = event {
+            pipe.publish(channel, message).ignore();
+        }
+        pipe.lpush(&self.keys.dead, entry.to_string()).ignore();
+        pipe.lrem(processing, -1, payload).ignore();
+        if let Some(id) = order_id {
+            pipe.hdel(&self.keys.pending, id.to_string()).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Publishes an event with no queue change (a cancellation from the API).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        conn.publish::<_, _, ()>(channel, message).await?;
+        Ok(())
+    }
+
+    /// Renews a worker process's lease.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.heartbeat(worker))
+            .arg(1)
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .ignore();
+        pipe.sadd(&self.keys.workers, worker).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Puts the orders held by worker processes whose lease expired back on the queue.
+    pub async fn requeue_orphans(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let moved: u64 = REQUEUE_ORPHANS
+            .script()
+            .key(&self.keys.workers)
+            .key(&self.keys.queue)
+            .arg(&self.keys.tag)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Puts everything a worker process still holds back at the head of the queue and removes
+    /// its lease (graceful shutdown).
+    pub async fn retire(&self, worker: &str) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let moved: u64 = RETIRE
+            .script()
+            .key(self.keys.processing(worker))
+            .key(&self.keys.queue)
+            .key(&self.keys.workers)
+            .key(self.keys.heartbeat(worker))
+            .arg(worker)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::new("shop");
+        assert_eq!(keys.queue(), "{shop}:queue");
+        assert_eq!(keys.processing("w1"), "{shop}:processing:w1");
+        assert_eq!(keys.heartbeat("w1"), "{shop}:heartbeat:w1");
+        assert_eq!(keys.dead(), "{shop}:dead");
+    }
+}

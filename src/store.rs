@@ -1,0 +1,531 @@
+//! PostgreSQL: the pool, migrations, and every query the service makes.
+
+use crate::config::Config;
+use crate::order::{Job, Money, Status};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde::Serialize;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+/// Why a database call failed. All of these are transient from the caller's point of view
+/// (PostgreSQL unreachable, a timeout, a pool that could not hand out a connection).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("migrations: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("postgres configuration: {0}")]
+    Config(String),
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderView {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub items: Vec<String>,
+    pub total: Money,
+    pub status: Status,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub processing_started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+impl OrderView {
+    /// An accepted order that no worker has taken yet (it lives only in Redis).
+    pub fn queued(job: Job) -> OrderView {
+        OrderView {
+            order_id: job.order_id,
+            customer_id: job.customer_id,
+            items: job.items,
+            total: job.total,
+            status: Status::Queued,
+            attempts: 0,
+            last_error: None,
+            accepted_at: job.accepted_at,
+            processing_started_at: None,
+            completed_at: None,
+            updated_at: None,
+        }
+    }
+
+    fn from_row(row: &Row) -> OrderView {
+        OrderView {
+            order_id: row.get("order_id"),
+            customer_id: row.get("customer_id"),
+            items: row.get("items"),
+            // The column's CHECK and numeric(12,2) keep it in range.
+            total: Money::from_cents(row.get("total_cents")).unwrap_or_default(),
+            status: Status::parse(row.get("status")).unwrap_or(Status::Queued),
+            attempts: row.get("attempts"),
+            last_error: row.get("last_error"),
+            accepted_at: row.get("accepted_at"),
+            processing_started_at: row.get("processing_started_at"),
+            completed_at: row.get("completed_at"),
+            updated_at: row.get("updated_at"),
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str = "o.order_id, o.customer_id, (o.total * 100)::int8 AS total_cents, \
+     o.status, o.attempts, o.last_error, o.accepted_at, o.processing_started_at, \
+     o.completed_at, o.updated_at, \
+     ARRAY(SELECT i.item FROM order_items i WHERE i.order_id = o.order_id ORDER BY i.position) AS items";
+
+/// Filters and page of `GET /orders`.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub customer_id: Option<String>,
+    pub limit: i64,
+    pub after: Option<Cursor>,
+}
+
+/// Where a page ends: the sort key of its last order. Opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub accepted_at: OffsetDateTime,
+    pub order_id: Uuid,
+}
+
+impl Cursor {
+    /// The text form handed to clients.
+    pub fn encode(&self) -> String {
+        let micros = self.accepted_at.unix_timestamp_nanos() / 1000;
+        format!("{micros}_{}", self.order_id.simple())
+    }
+
+    /// Reads a cursor a client sent back; `None` when it was not made by [`Cursor::encode`].
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let (micros, id) = text.split_once('_')?;
+        let micros: i128 = micros.parse().ok()?;
+        let accepted_at =
+            OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
+        let order_id = Uuid::try_parse(id).ok()?;
+        Some(Cursor {
+            accepted_at,
+            order_id,
+        })
+    }
+}
+
+/// What happened to a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    NotFound,
+    /// The order is already final in this status.
+    Final(Status),
+}
+
+/// The PostgreSQL side of the service.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Builds the pool; connections are opened lazily, so this succeeds with PostgreSQL down.
+    pub fn new(config: &Config) -> Result<Store, StoreError> {
+        let mut pg: tokio_postgres::Config = config
+            .database_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.db_statement_timeout_ms
+        ));
+        pg.connect_timeout(Duration::from_secs(3));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.db_pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    /// Applies the migrations in `sql/` that are not applied yet. An advisory lock keeps several
+    /// processes starting at once from applying them twice.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("SELECT pg_advisory_lock(7263514)", &[])
+            .await?;
+        let result = embedded::migrations::runner()
+            .run_async(&mut **client)
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock(7263514)", &[])
+            .await?;
+        result?;
+        Ok(())
+    }
+
+    /// Whether PostgreSQL answers and every embedded migration is applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let latest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version() as i64)
+            .max()
+            .unwrap_or(0);
+        let row = client
+            .query_opt(
+                "SELECT max(version)::int8 FROM refinery_schema_history",
+                &[],
+            )
+            .await;
+        Ok(matches!(row, Ok(Some(r)) if r.get::<_, Option<i64>>(0) == Some(latest)))
+    }
+
+    /// Stores a delivered order with status `processing` (with its items, in one statement and so
+    /// one transaction), counting the attempt. Returns the attempt number that fences this
+    /// delivery's later updates, or `None` when the order is already final (a duplicate or stale
+    /// delivery, or an order cancelled while queued).
+    pub async fn begin_processing(&self, job: &Job) -> Result<Option<i32>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH o AS (
+                    INSERT INTO orders (order_id, customer_id, total, status, attempts,
+                                        accepted_at, processing_started_at)
+                    VALUES ($1, $2, $3::int8 / 100.0, 'processing', 1, $4, now())
+                    ON CONFLICT (order_id) DO UPDATE
+                        SET status = 'processing', attempts = orders.attempts + 1,
+                            processing_started_at = now(), updated_at = now()
+                        WHERE orders.status IN ('queued', 'processing')
+                    RETURNING attempts, (xmax = 0) AS inserted
+                 ), i AS (
+                    INSERT INTO order_items (order_id, position, item)
+                    SELECT $1, t.position, t.item
+                    FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
+                    WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
+                    ON CONFLICT DO NOTHING
+                 )
+                 SELECT attempts FROM o",
+            )
+            .await?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &job.order_id,
+                    &job.customer_id,
+                    &job.total.cents(),
+                    &job.accepted_at,
+                    &job.items,
+                ],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Marks an order completed if it is still `processing` under this attempt. Returns the
+    /// completion time, or `None` when the order was cancelled or re-delivered meanwhile.
+    pub async fn complete(
+        &self,
+        order_id: Uuid,
+        attempt: i32,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE orders SET status = 'completed', completed_at = now(), updated_at = now()
+                 WHERE order_id = $1 AND status = 'processing' AND attempts = $2
+                 RETURNING completed_at",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&order_id, &attempt]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Marks an order failed (it exhausted its attempts), creating its row if no worker stored
+    /// it. Returns whether this call made it final.
+    pub async fn fail(&self, job: &Job, error: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH o AS (
+                    INSERT INTO orders (order_id, customer_id, total, status, attempts,
+                                        accepted_at, last_error)
+                    VALUES ($1, $2, $3::int8 / 100.0, 'failed', 0, $4, $6)
+                    ON CONFLICT (order_id) DO UPDATE
+                        SET status = 'failed', last_error = $6, updated_at = now()
+                        WHERE orders.status IN ('queued', 'processing')
+                    RETURNING (xmax = 0) AS inserted
+                 ), i AS (
+                    INSERT INTO order_items (order_id, position, item)
+                    SELECT $1, t.position, t.item
+                    FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
+                    WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
+                    ON CONFLICT DO NOTHING
+                 )
+                 SELECT 1 FROM o",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &job.order_id,
+                    &job.customer_id,
+                    &job.total.cents(),
+                    &job.accepted_at,
+                    &job.items,
+                    &error,
+                ],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Records the error of a failed attempt, for `GET /orders/{id}`.
+    pub async fn record_error(&self, order_id: Uuid, error: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE orders SET last_error = $2, updated_at = now() WHERE order_id = $1",
+                &[&order_id, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in
+    /// Redis when no worker has stored it yet; its row is then created as `cancelled`, so the
+    /// worker that takes it later finds it final and leaves it.
+    pub async fn cancel(
+        &self,
+        order_id: Uuid,
+        queued: Option<&Job>,
+    ) -> Result<CancelOutcome, StoreError> {
+        let client = self.pool.get().await?;
+        let changed = match queued {
+            Some(job) => {
+                client
+                    .execute(
+                        "WITH o AS (
+                            INSERT INTO orders (order_id, customer_id, total, status,
+                                                accepted_at)
+                            VALUES ($1, $2, $3::int8 / 100.0, 'cancelled', $4)
+                            ON CONFLICT (order_id) DO UPDATE
+                                SET status = 'cancelled', updated_at = now()
+                                WHERE orders.status IN ('queued', 'processing')
+                            RETURNING (xmax = 0) AS inserted
+                         ), i AS (
+                            INSERT INTO order_items (order_id, position, item)
+                            SELECT $1, t.position, t.item
+                            FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
+                            WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
+                            ON CONFLICT DO NOTHING
+                         )
+                         SELECT 1 FROM o",
+                        &[
+                            &job.order_id,
+                            &job.customer_id,
+                            &job.total.cents(),
+                            &job.accepted_at,
+                            &job.items,
+                        ],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .execute(
+                        "UPDATE orders SET status = 'cancelled', updated_at = now()
+                         WHERE order_id = $1 AND status IN ('queued', 'processing')",
+                        &[&order_id],
+                    )
+                    .await?
+            }
+        };
+        if changed > 0 {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        let row = client
+            .query_opt(
+                "SELECT status FROM orders WHERE order_id = $1",
+                &[&order_id],
+            )
+            .await?;
+        Ok(match row {
+            None => CancelOutcome::NotFound,
+            Some(r) => CancelOutcome::Final(Status::parse(r.get(0)).unwrap_or(Status::Failed)),
+        })
+    }
+
+    /// One order with its items.
+    pub async fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS} FROM orders o WHERE o.order_id = $1"
+            ))
+            .await?;
+        let row = client.query_opt(&stmt, &[&order_id]).await?;
+        Ok(row.as_ref().map(OrderView::from_row))
+    }
+
+    /// A page of orders, newest first, and the cursor of the next page if there is one.
+    pub async fn list(
+        &self,
+        query: &ListQuery,
+    ) -> Result<(Vec<OrderView>, Option<Cursor>), StoreError> {
+        // Only the predicates in use go into the SQL, so each variant is planned on its index.
+        let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE true");
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        let status = query.status.map(Status::as_str);
+        if let Some(status) = &status {
+            params.push(status);
+            sql += &format!(" AND o.status = ${}", params.len());
+        }
+        if let Some(customer) = &query.customer_id {
+            params.push(customer);
+            sql += &format!(" AND o.customer_id = ${}", params.len());
+        }
+        if let Some(after) = &query.after {
+            params.push(&after.accepted_at);
+            params.push(&after.order_id);
+            sql += &format!(
+                " AND (o.accepted_at, o.order_id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            );
+        }
+        let fetch = query.limit + 1;
+        params.push(&fetch);
+        sql += &format!(
+            " ORDER BY o.accepted_at DESC, o.order_id DESC LIMIT ${}",
+            params.len()
+        );
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &params).await?;
+        let mut orders: Vec<OrderView> = rows.iter().map(OrderView::from_row).collect();
+        let next = if orders.len() as i64 > query.limit {
+            orders.truncate(query.limit as usize);
+            orders.last().map(|o| Cursor {
+                accepted_at: o.accepted_at,
+                order_id: o.order_id,
+            })
+        } else {
+            None
+        };
+        Ok((orders, next))
+    }
+
+    /// Deletes an order and its items; whether there was one.
+    pub async fn delete(&self, order_id: Uuid) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute("DELETE FROM orders WHERE order_id = $1", &[&order_id])
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Records the notification of a completed order and, inside the same transaction, runs
+    /// `send`. Returns whether it was sent: `false` when this order was notified before. A crash
+    /// after `send` and before the commit sends again later (at-least-once sending); a repeated
+    /// event never does.
+    pub async fn notify_once(
+        &self,
+        order_id: Uuid,
+        customer_id: &str,
+        send: impl FnOnce(),
+    ) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "WITH n AS (
+                    INSERT INTO notifications (order_id, customer_id) VALUES ($1, $2)
+                    ON CONFLICT (order_id) DO NOTHING
+                    RETURNING order_id
+                 )
+                 UPDATE orders SET notified_at = now()
+                 WHERE order_id IN (SELECT order_id FROM n)",
+            )
+            .await?;
+        let inserted = tx.execute(&stmt, &[&order_id, &customer_id]).await?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        send();
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Completed orders not notified yet that completed more than `grace` ago: their event was
+    /// missed (notifier down, Redis restarted, subscription dropped).
+    pub async fn missed_notifications(
+        &self,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, String)>, StoreError> {
+        let client = self.pool.get().await?;
+        let grace_ms = grace.as_millis() as i64;
+        let rows = client
+            .query(
+                "SELECT order_id, customer_id FROM orders
+                 WHERE status = 'completed' AND notified_at IS NULL
+                   AND completed_at < now() - make_interval(secs => $1::int8 / 1000.0)
+                 ORDER BY completed_at LIMIT $2",
+                &[&grace_ms, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = Cursor {
+            accepted_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_000)
+                .unwrap(),
+            order_id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        for bad in [
+            "",
+            "x",
+            "12_",
+            "_abc",
+            "1_not-a-uuid",
+            "99999999999999999999999999_0",
+        ] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! PostgreSQL, with a database and a Redis key prefix of its own, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod process;
+
 use orders::config::Config;
 use orders::{Roles, Shutdown};
 use redis::AsyncCommands;
@@ -59,6 +61,34 @@ pub fn logger() -> slog::Logger {
     }
 }
 
+/// A fresh database (migrated by the service on start) and Redis prefix, as the environment
+/// variables a service would read: zero processing delay, a short notifier catch-up.
+pub async fn test_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("orders_test_{id}");
+    admin_client()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await
+        .expect("create the test database");
+    let mut vars: HashMap<String, String> = HashMap::from([
+        (
+            "DATABASE_URL".into(),
+            format!("{}/{db_name}", postgres_base()),
+        ),
+        ("REDIS_URL".into(), redis_url()),
+        ("ORDERS_LISTEN".into(), "127.0.0.1:0".into()),
+        ("ORDERS_REDIS_PREFIX".into(), format!("test-{id}")),
+        ("ORDERS_PROCESSING_DELAY_MS".into(), "0".into()),
+        ("ORDERS_DB_POOL_SIZE".into(), "8".into()),
+        ("ORDERS_NOTIFIER_CATCH_UP_MS".into(), "500".into()),
+    ]);
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    vars
+}
+
 impl TestApp {
     /// Starts all roles with zero processing delay.
     pub async fn spawn() -> TestApp {
@@ -67,58 +97,47 @@ impl TestApp {
 
     /// Starts the given roles with settings overridden as environment variables would.
     pub async fn spawn_with(roles: Roles, overrides: &[(&str, &str)]) -> TestApp {
-        let id = Uuid::new_v4().simple().to_string();
-        let db_name = format!("orders_test_{id}");
-        admin_client()
-            .await
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .expect("create the test database");
-        let prefix = format!("test-{id}");
-        let mut vars: HashMap<String, String> = HashMap::from([
-            (
-                "DATABASE_URL".into(),
-                format!("{}/{db_name}", postgres_base()),
-            ),
-            ("REDIS_URL".into(), redis_url()),
-            ("ORDERS_LISTEN".into(), "127.0.0.1:0".into()),
-            ("ORDERS_REDIS_PREFIX".into(), prefix.clone()),
-            ("ORDERS_PROCESSING_DELAY_MS".into(), "0".into()),
-            ("ORDERS_DB_POOL_SIZE".into(), "8".into()),
-            ("ORDERS_NOTIFIER_CATCH_UP_MS".into(), "500".into()),
-        ]);
-        for (k, v) in overrides {
-            vars.insert(k.to_string(), v.to_string());
-        }
+        let vars = test_env(overrides).await;
         let config = Config::load_from(|name| vars.get(name).cloned()).expect("test config");
-        Self::start(config, roles, prefix, db_name).await
-    }
-
-    async fn start(config: Config, roles: Roles, prefix: String, db_name: String) -> TestApp {
         let shutdown = Shutdown::new();
         let running = orders::start(&config, roles, shutdown.clone(), logger())
             .await
             .expect("the service starts");
-        let addr = running
+        let mut app = Self::observe(&vars).await;
+        app.addr = running
             .addr
             .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
-        let handle = tokio::spawn(running.wait());
+        app.running = Some(tokio::spawn(running.wait()));
+        app.shutdown = shutdown;
+        app
+    }
+
+    /// Handles on the database and Redis prefix of `vars` (made by [`test_env`]) with no service
+    /// running in this process: for tests that run the binary as child processes.
+    pub async fn observe(vars: &HashMap<String, String>) -> TestApp {
+        let config = Config::load_from(|name| vars.get(name).cloned()).expect("test config");
         let db = connect(&config.database_url).await;
         let redis = redis::Client::open(redis_url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .expect("Redis must be running (just services)");
+        let db_name = config
+            .database_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         TestApp {
-            addr,
+            addr: "127.0.0.1:9".parse().unwrap(),
             http: reqwest::Client::new(),
             db,
             redis,
-            prefix,
+            prefix: config.redis_prefix.clone(),
             config,
             db_name,
-            shutdown,
-            running: Some(handle),
+            shutdown: Shutdown::new(),
+            running: None,
         }
     }
 
@@ -126,8 +145,24 @@ impl TestApp {
     pub async fn sibling(&self, roles: Roles) -> TestApp {
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let mut app = Self::start(config, roles, self.prefix.clone(), self.db_name.clone()).await;
-        app.db_name = String::new(); // the first app owns the database
+        let shutdown = Shutdown::new();
+        let running = orders::start(&config, roles, shutdown.clone(), logger())
+            .await
+            .expect("the service starts");
+        let mut app = TestApp {
+            addr: running
+                .addr
+                .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap()),
+            http: reqwest::Client::new(),
+            db: connect(&config.database_url).await,
+            redis: self.redis.clone(),
+            prefix: self.prefix.clone(),
+            config,
+            db_name: String::new(), // the first app owns the database
+            shutdown,
+            running: None,
+        };
+        app.running = Some(tokio::spawn(running.wait()));
         app
     }
 

@@ -1,0 +1,34 @@
+# Order service. `just` lists the recipes.
+
+set dotenv-load := false
+
+# List the recipes.
+default:
+    @just --list
+
+# Start Redis and PostgreSQL if none answers, then run the service (all roles).
+run *ARGS: services
+    cargo run --release --bin orders -- serve {{ARGS}}
+
+# Format check, clippy with warnings denied, and every test (needs Redis and PostgreSQL).
+test: services
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --locked -- -D warnings
+    cargo nextest run --locked --no-fail-fast
+
+# Make sure Redis (append-only file on) and PostgreSQL answer, installing them if missing.
+services:
+    scripts/services.sh
+
+# Apply the database migrations.
+migrate: services
+    cargo run --release --bin orders -- migrate
+
+# Send orders to a running service: `just load --count 10000 --concurrency 64`.
+load *ARGS:
+    scripts/load.sh {{ARGS}}
+
+# Formatting and clippy only.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --locked -- -D warnings

@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The order service: `docker build -t orders .` then `docker compose up` (see compose.yaml).
+
+# --- build ---------------------------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /app
+
+# Dependencies first, against stub sources, so that this layer is rebuilt only when Cargo.toml,
+# Cargo.lock or build.rs change.
+COPY Cargo.toml Cargo.lock build.rs ./
+RUN mkdir -p src/bin sql \
+    && echo 'fn main() {}' > src/main.rs \
+    && cp src/main.rs src/bin/orders-load.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked --bin orders \
+    && rm -rf src sql
+
+# Then the service itself. COPY keeps the files' old mtimes, which cargo could take for older than
+# the stub build: touch them so that the real sources are compiled.
+COPY src ./src
+COPY sql ./sql
+COPY config ./config
+RUN touch src/main.rs src/lib.rs build.rs \
+    && cargo build --release --locked --bin orders \
+    && cp target/release/orders /usr/local/bin/orders
+
+# --- run -----------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin orders
+COPY --from=builder /usr/local/bin/orders /usr/local/bin/orders
+
+# The compiled-in default (127.0.0.1:8080) is unreachable from outside a container.
+ENV ORDERS_LISTEN=0.0.0.0:8080
+USER orders
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["orders"]
+CMD ["serve"]

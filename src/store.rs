@@ -306,18 +306,6 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
-    /// Records the error of a failed attempt, for `GET /orders/{id}`.
-    pub async fn record_error(&self, order_id: Uuid, error: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "UPDATE orders SET last_error = $2, updated_at = now() WHERE order_id = $1",
-                &[&order_id, &error],
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in
     /// Redis when no worker has stored it yet; its row is then created as `cancelled`, so the
     /// worker that takes it later finds it final and leaves it.

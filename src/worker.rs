@@ -293,5 +293,4 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8], reason: &str) {
     if let Err(e) = dead {
         error!(ctx.log, "cannot dead-letter the order; it stays held"; "order_id" => %order_id, "error" => e);
     }
-    let _ = ctx.store.record_error(order_id, reason).await;
 }

@@ -121,6 +121,11 @@ impl Reply for ApiError {
         };
         let mut response =
             warp::reply::with_status(warp::reply::json(&body), status).into_response();
+        if let ApiError::PayloadTooLarge(_) = self {
+            response
+                .headers_mut()
+                .insert("connection", warp::http::HeaderValue::from_static("close"));
+        }
         if let ApiError::Unavailable(_) = self {
             response
                 .headers_mut()

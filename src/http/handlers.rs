@@ -48,8 +48,12 @@ pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Reject
         if let (Some(i), ApiError::InvalidField { field, message }) = (index, &mut e) {
             *message = format!("order {i}: {message}");
             *field = format!("[{i}].{field}");
-        } else if let (Some(i), ApiError::InvalidBody { message, .. }) = (index, &mut e) {
+        } else if let (Some(i), ApiError::InvalidBody { message, field }) = (index, &mut e) {
             *message = format!("order {i}: {message}");
+            *field = Some(match field.take() {
+                Some(f) => format!("[{i}].{f}"),
+                None => format!("[{i}]"),
+            });
         }
         reject(e)
     })?;
@@ -159,8 +163,7 @@ struct StatusChange {
 /// `PUT /orders/{id}/status` with `{"status": "cancelled"}`.
 pub async fn set_status(id: String, body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
     let order_id = parse_id(&id)?;
-    let change: StatusChange = serde_json::from_slice(&body)
-        .map_err(|e| reject(crate::order::InvalidOrder::from_json(e)))?;
+    let change: StatusChange = crate::order::from_json_object(&body).map_err(reject)?;
     match Status::parse(&change.status) {
         Some(Status::Cancelled) => {}
         Some(other) => {

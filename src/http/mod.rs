@@ -108,23 +108,24 @@ fn json_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> +
                 if !json {
                     return Err(warp::reject::custom(ApiError::UnsupportedMediaType));
                 }
-                if length.is_some_and(|n| n > limit) {
-                    return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
-                }
-                Ok(())
+                Ok(length.is_some_and(|n| n > limit))
             },
         )
-        .untuple_one()
         .and(warp::body::stream())
-        .and_then(move |stream| read_limited(stream, limit))
+        .and_then(move |too_large: bool, stream| read_limited(stream, limit, too_large))
 }
 
 /// Reads a body stream, refusing it as soon as it grows past `limit`.
 async fn read_limited<B: Buf>(
     stream: impl futures_util::Stream<Item = Result<B, warp::Error>>,
     limit: u64,
+    too_large: bool,
 ) -> Result<Bytes, Rejection> {
     let mut stream = std::pin::pin!(stream);
+    if too_large {
+        drain(stream.as_mut()).await;
+        return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
+    }
     let mut body = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| {
@@ -133,6 +134,7 @@ async fn read_limited<B: Buf>(
             )))
         })?;
         if (body.len() + chunk.remaining()) as u64 > limit {
+            drain(stream.as_mut()).await;
             return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
         }
         while chunk.has_remaining() {
@@ -143,6 +145,23 @@ async fn read_limited<B: Buf>(
         }
     }
     Ok(body.freeze())
+}
+
+/// Reads and drops what is left of a refused body, for a bounded time and size, so the client
+/// finishes sending and reads the 413 instead of a reset connection.
+async fn drain<B: Buf>(
+    mut stream: std::pin::Pin<&mut impl futures_util::Stream<Item = Result<B, warp::Error>>>,
+) {
+    let mut drained: usize = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.remaining();
+            if drained > 16 * 1024 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Turns any rejection into the JSON error shape.

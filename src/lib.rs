@@ -127,6 +127,7 @@ pub async fn start(
             queue: queue.clone(),
             store: store.clone(),
             admin_token: config.admin_token().map(str::to_string),
+            max_queue_depth: config.max_queue_depth,
             log: log.new(slog::o!("role" => "api")),
         });
         let shutdown = shutdown.clone();

@@ -330,6 +330,16 @@ pub struct Job {
     pub total: Money,
     #[serde(with = "time::serde::rfc3339")]
     pub accepted_at: OffsetDateTime,
+    /// Failed tries so far (transient failures that sent it to the retry schedule).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// The error of each failed try, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Job {
@@ -341,6 +351,8 @@ impl Job {
             items: order.items,
             total: order.total,
             accepted_at: now,
+            failures: 0,
+            errors: Vec::new(),
         }
     }
 
@@ -355,7 +367,17 @@ impl Job {
             items: order.items,
             total: order.total,
             accepted_at: job.accepted_at,
+            failures: job.failures,
+            errors: job.errors,
         })
+    }
+
+    /// The same order after one more failed try.
+    pub fn failed_once(&self, error: String) -> Job {
+        let mut next = self.clone();
+        next.failures += 1;
+        next.errors.push(error);
+        next
     }
 
     /// The payload pushed on the list.

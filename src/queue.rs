@@ -6,6 +6,8 @@
 //! - `{orders}:pending`: hash order id → payload of every accepted order not yet acknowledged, so
 //!   `GET /orders/{id}` sees an order as `queued` from the moment its POST returned;
 //! - `{orders}:workers` and `{orders}:heartbeat:<worker>`: live worker processes and their leases;
+//! - `{orders}:scheduled`: sorted set of orders waiting to be retried, scored by due time (ms);
+//! - `{orders}:idempotency:<key>`: the order an `Idempotency-Key` made, for 24 h;
 //! - `{orders}:dead`: dead letters (payload, error, time).
 
 use crate::config::Config;
@@ -25,6 +27,19 @@ pub enum QueueError {
     Pool(#[from] deadpool_redis::PoolError),
 }
 
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
+
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Nothing enqueued: the queue is at its configured depth.
+    QueueFull,
+    /// Nothing enqueued: the idempotency key was used before; its record.
+    Seen(String),
+}
+
 /// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
 const CLAIM_BLOCK_SECONDS: f64 = 1.0;
 
@@ -36,6 +51,7 @@ pub struct Keys {
     pending: String,
     dead: String,
     workers: String,
+    scheduled: String,
 }
 
 impl Keys {
@@ -47,6 +63,7 @@ impl Keys {
             pending: format!("{tag}pending"),
             dead: format!("{tag}dead"),
             workers: format!("{tag}workers"),
+            scheduled: format!("{tag}scheduled"),
             tag,
         }
     }
@@ -64,6 +81,15 @@ impl Keys {
     /// The list of orders one worker process holds.
     pub fn processing(&self, worker: &str) -> String {
         format!("{}processing:{worker}", self.tag)
+    }
+
+    /// The sorted set of scheduled retries.
+    pub fn scheduled(&self) -> &str {
+        &self.scheduled
+    }
+
+    fn idempotency(&self, key: &str) -> String {
+        format!("{}idempotency:{key}", self.tag)
     }
 
     fn heartbeat(&self, worker: &str) -> String {
@@ -101,12 +127,63 @@ return moved
     std::sync::OnceLock::new(),
 );
 
-/// Takes a queued order off the queue (admin delete). KEYS: pending, queue. ARGV: order id.
+/// Accepts orders unless the queue is too deep or the idempotency key was used before.
+/// KEYS: queue, pending, [idempotency key]. ARGV: max depth (0: none), idempotency record, its
+/// TTL in seconds, then order id and payload pairs.
+/// Returns {"ok"}, {"full"} or {"seen", record}.
+static ENQUEUE: Lua = Lua(
+    r"
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then return {'seen', seen} end
+end
+local n = (#ARGV - 3) / 2
+local max = tonumber(ARGV[1])
+if max > 0 and redis.call('LLEN', KEYS[1]) + n > max then return {'full'} end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+end
+return {'ok'}
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Moves retries that are due from the schedule to the head of the queue.
+/// KEYS: scheduled, queue. ARGV: now (ms), most to move. Returns how many it moved.
+static PROMOTE_DUE: Lua = Lua(
+    r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, payload in ipairs(due) do
+  redis.call('ZREM', KEYS[1], payload)
+  redis.call('RPUSH', KEYS[2], payload)
+end
+return #due
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Puts a dead letter back on the queue. KEYS: dead, pending, queue. ARGV: the dead-letter
+/// entry, order id, payload to enqueue. Returns 1, or 0 when the entry is gone.
+static REVIVE: Lua = Lua(
+    r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+return 1
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Takes a queued order off the queue and the retry schedule (admin delete).
+/// KEYS: pending, queue, scheduled. ARGV: order id.
 static REMOVE_QUEUED: Lua = Lua(
     r"
 local payload = redis.call('HGET', KEYS[1], ARGV[1])
 if not payload then return 0 end
 redis.call('LREM', KEYS[2], 0, payload)
+redis.call('ZREM', KEYS[3], payload)
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 ",
@@ -190,21 +267,38 @@ impl Queue {
         Ok(conn.llen(self.keys.queue()).await?)
     }
 
-    /// Puts accepted orders on the queue, all or none, in one round trip (MULTI/EXEC).
-    pub async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let payloads: Vec<String> = jobs.iter().map(Job::to_payload).collect();
-        let fields: Vec<(String, &str)> = jobs
-            .iter()
-            .zip(&payloads)
-            .map(|(job, p)| (job.order_id.to_string(), p.as_str()))
-            .collect();
-        pipe.hset_multiple(&self.keys.pending, &fields).ignore();
-        pipe.lpush(&self.keys.queue, &payloads).ignore();
+    /// Puts accepted orders on the queue, all or none, in one round trip (a Lua script): refused
+    /// when the queue would grow past `max_depth` (0: no limit), or, with an idempotency key,
+    /// answered with the record of the earlier request that used the key.
+    pub async fn enqueue(
+        &self,
+        jobs: &[Job],
+        max_depth: u64,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Enqueued, QueueError> {
+        let script = ENQUEUE.script();
+        let mut invocation = script.key(&self.keys.queue);
+        invocation.key(&self.keys.pending);
+        let (record, ttl) = match idempotency {
+            Some((key, record)) => {
+                invocation.key(self.keys.idempotency(key));
+                (record, IDEMPOTENCY_TTL_SECONDS)
+            }
+            None => ("", 0),
+        };
+        invocation.arg(max_depth).arg(record).arg(ttl);
+        for job in jobs {
+            invocation
+                .arg(job.order_id.to_string())
+                .arg(job.to_payload());
+        }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("full") => Enqueued::QueueFull,
+            Some("seen") => Enqueued::Seen(reply.get(1).cloned().unwrap_or_default()),
+            _ => Enqueued::Accepted,
+        })
     }
 
     /// An accepted order that no worker has acknowledged yet.
@@ -221,6 +315,7 @@ impl Queue {
             .script()
             .key(&self.keys.pending)
             .key(&self.keys.queue)
+            .key(&self.keys.scheduled)
             .arg(order_id.to_string())
             .invoke_async(&mut conn)
             .await?;
@@ -278,13 +373,13 @@ impl Queue {
         processing: &str,
         payload: &[u8],
         order_id: Option<Uuid>,
-        error: &str,
+        errors: &[String],
         event: Option<(&str, &str)>,
     ) -> Result<(), QueueError> {
         let entry = serde_json::json!({
             "order_id": order_id,
             "payload": String::from_utf8_lossy(payload),
-            "error": error,
+            "errors": errors,
             "failed_at": time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
@@ -301,6 +396,93 @@ impl Queue {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Takes an order off this worker's processing list and schedules `retry` (its next try) at
+    /// `due_ms` (Unix time, ms), in one atomic round trip.
+    pub async fn schedule_retry(
+        &self,
+        processing: &str,
+        payload: &[u8],
+        retry: &Job,
+        due_ms: u64,
+    ) -> Result<(), QueueError> {
+        let next = retry.to_payload();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(&self.keys.scheduled, &next, due_ms)
+            .ignore()
+            .hset(&self.keys.pending, retry.order_id.to_string(), &next)
+            .ignore()
+            .lrem(processing, -1, payload)
+            .ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Moves the retries that are due to the head of the queue; how many.
+    pub async fn promote_due(&self, now_ms: u64) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(PROMOTE_DUE
+            .script()
+            .key(&self.keys.scheduled)
+            .key(&self.keys.queue)
+            .arg(now_ms)
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// How many dead letters there are.
+    pub async fn dead_letter_count(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.llen(&self.keys.dead).await?)
+    }
+
+    /// The newest `limit` dead letters, as stored.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let stop = limit.saturating_sub(1) as isize;
+        Ok(conn.lrange(&self.keys.dead, 0, stop).await?)
+    }
+
+    /// Puts a dead letter back on the queue as `job`; false when `entry` is no longer there.
+    pub async fn revive(&self, entry: &str, job: &Job) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let revived: i64 = REVIVE
+            .script()
+            .key(&self.keys.dead)
+            .key(&self.keys.pending)
+            .key(&self.keys.queue)
+            .arg(entry)
+            .arg(job.order_id.to_string())
+            .arg(job.to_payload())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(revived == 1)
+    }
+
+    /// Registers every processing list whose owner is not in the workers set (a worker that was
+    /// reaped while paused and then claimed more before dying), so the reaper judges it by its
+    /// heartbeat like any other.
+    pub async fn adopt_unregistered(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}processing:*", self.keys.tag);
+        let prefix_len = pattern.len() - 1;
+        let lists: Vec<String> = {
+            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
+            let mut lists = Vec::new();
+            while let Some(key) = iter.next_item().await {
+                lists.push(key?);
+            }
+            lists
+        };
+        let owners: Vec<&str> = lists.iter().map(|k| &k[prefix_len..]).collect();
+        if !owners.is_empty() {
+            conn.sadd::<_, _, ()>(&self.keys.workers, owners).await?;
+        }
         Ok(())
     }
 

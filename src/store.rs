@@ -17,7 +17,7 @@ mod embedded {
 /// (PostgreSQL unreachable, a timeout, a pool that could not hand out a connection).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -25,6 +25,26 @@ pub enum StoreError {
     Migration(#[from] refinery::Error),
     #[error("postgres configuration: {0}")]
     Config(String),
+}
+
+/// tokio-postgres says only "db error" for a server error; the server's message is in the source.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl StoreError {
+    /// Whether PostgreSQL is unreachable (as opposed to refusing one statement): workers stop
+    /// claiming orders until it answers again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// An order as the API shows it.
@@ -304,6 +324,26 @@ impl Store {
             )
             .await?;
         Ok(!rows.is_empty())
+    }
+
+    /// Makes a failed order `queued` again (a dead letter replayed by an admin). `Ok(false)` when
+    /// the order is in another final status; an order with no row yet is fine.
+    pub async fn requeue_failed(&self, order_id: Uuid) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE orders SET status = 'queued', updated_at = now()
+                 WHERE order_id = $1 AND status IN ('failed', 'queued')",
+                &[&order_id],
+            )
+            .await?;
+        if changed > 0 {
+            return Ok(true);
+        }
+        let row = client
+            .query_opt("SELECT 1 FROM orders WHERE order_id = $1", &[&order_id])
+            .await?;
+        Ok(row.is_none())
     }
 
     /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in

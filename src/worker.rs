@@ -10,11 +10,12 @@ use crate::config::{Config, DelayRange};
 use crate::events::{Event, FAILED_CHANNEL};
 use crate::order::{Job, Status};
 use crate::queue::Queue;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::Shutdown;
 use slog::{debug, error, info, warn, Logger};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -29,6 +30,10 @@ struct Ctx {
     channel: String,
     delay: DelayRange,
     max_attempts: u32,
+    retry_base: Duration,
+    retry_max: Duration,
+    /// Set when PostgreSQL was found unreachable: fetch loops stop claiming until it answers.
+    db_down: AtomicBool,
     log: Logger,
 }
 
@@ -45,6 +50,9 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         channel: config.event_channel.clone(),
         delay: config.processing_delay_ms,
         max_attempts: config.max_attempts,
+        retry_base: Duration::from_millis(config.retry_base_ms),
+        retry_max: Duration::from_millis(config.retry_max_ms),
+        db_down: AtomicBool::new(false),
         log,
     });
     let lease = Duration::from_millis(config.lease_ms);
@@ -95,11 +103,13 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     }
 }
 
-/// Renews this process's lease every third of it, and returns the orders of dead workers to the
-/// queue every half lease, until `stop`.
+/// Renews this process's lease every third of it, returns the orders of dead workers to the
+/// queue every half lease, and promotes due retries every 100 ms, until `stop`.
 async fn keep_lease_and_reap(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
     let mut beat = tokio::time::interval(lease / 3);
     let mut reap = tokio::time::interval(lease / 2);
+    let mut promote = tokio::time::interval(Duration::from_millis(100));
+    let mut reaps: u64 = 0;
     loop {
         tokio::select! {
             _ = beat.tick() => {
@@ -107,14 +117,35 @@ async fn keep_lease_and_reap(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
                     warn!(ctx.log, "heartbeat failed"; "error" => %e);
                 }
             }
-            _ = reap.tick() => match ctx.queue.requeue_orphans().await {
-                Ok(0) => {}
-                Ok(n) => info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n),
-                Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
-            },
+            _ = reap.tick() => {
+                reaps += 1;
+                // Now and then, also look for processing lists nobody registered.
+                if reaps % 10 == 1 {
+                    if let Err(e) = ctx.queue.adopt_unregistered().await {
+                        warn!(ctx.log, "scan for unregistered processing lists failed"; "error" => %e);
+                    }
+                }
+                match ctx.queue.requeue_orphans().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n),
+                    Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
+                }
+            }
+            _ = promote.tick() => {
+                if let Err(e) = ctx.queue.promote_due(now_ms()).await {
+                    debug!(ctx.log, "promoting due retries failed"; "error" => %e);
+                }
+            }
             _ = stop.cancelled() => return,
         }
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Claims orders one blocking pop at a time while a slot is free. Stops between pops when
@@ -138,6 +169,10 @@ async fn fetch_loop(
             }
         };
         while !shutdown.is_cancelled() {
+            if ctx.db_down.load(Ordering::Relaxed) {
+                wait_for_database(&ctx, &shutdown).await;
+                continue;
+            }
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => match slot {
                     Ok(s) => s,
@@ -170,6 +205,20 @@ async fn fetch_loop(
     }
 }
 
+/// Waits, with backoff, until PostgreSQL answers again; orders stay safe on the queue meanwhile.
+async fn wait_for_database(ctx: &Ctx, shutdown: &Shutdown) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        if matches!(ctx.store.ready().await, Ok(true)) {
+            if ctx.db_down.swap(false, Ordering::Relaxed) {
+                info!(ctx.log, "PostgreSQL answers again, claiming orders");
+            }
+            return;
+        }
+        pause(&mut backoff, shutdown).await;
+    }
+}
+
 /// Sleeps for the backoff (or until shutdown) and doubles it, up to 5 s.
 async fn pause(backoff: &mut Duration, shutdown: &Shutdown) {
     let jittered = backoff.mul_f64(rand::random_range(0.5..=1.0));
@@ -180,25 +229,21 @@ async fn pause(backoff: &mut Duration, shutdown: &Shutdown) {
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }
 
-/// Retries a transient failure with exponential backoff and full jitter, up to the configured
-/// attempts; the error of the last try when they run out.
-async fn with_retries<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+/// Runs a Redis step until it succeeds, with capped backoff. The order is safe in this worker's
+/// processing list meanwhile; if the process stops first, the reaper returns it to the queue.
+async fn until_done<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     ctx: &Ctx,
-    what: &str,
-    order_id: uuid::Uuid,
+    step: &str,
     mut op: impl FnMut() -> F,
-) -> Result<T, String> {
-    let mut attempt = 1;
+) -> T {
+    let mut backoff = Duration::from_millis(50);
     loop {
         match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if attempt >= ctx.max_attempts => return Err(format!("{what}: {e}")),
+            Ok(v) => return v,
             Err(e) => {
-                let cap = Duration::from_millis(100 * 2u64.pow(attempt.min(8)));
-                let wait = cap.mul_f64(rand::random_range(0.0..=1.0));
-                warn!(ctx.log, "transient failure, retrying"; "order_id" => %order_id, "step" => what, "attempt" => attempt, "in_ms" => wait.as_millis() as u64, "error" => %e);
-                tokio::time::sleep(wait).await;
-                attempt += 1;
+                warn!(ctx.log, "Redis step failed, retrying"; "step" => step, "error" => %e);
+                tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..=1.0))).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -214,51 +259,48 @@ async fn handle(ctx: &Ctx, payload: Vec<u8>) {
             let order_id = serde_json::from_slice::<serde_json::Value>(&payload)
                 .ok()
                 .and_then(|v| v.get("order_id")?.as_str()?.parse().ok());
-            let reason = format!("invalid payload: {e}");
-            let _ = with_retries(ctx, "dead-letter", order_id.unwrap_or_default(), || {
+            let errors = [format!("invalid payload: {e}")];
+            until_done(ctx, "dead-letter", || {
                 ctx.queue
-                    .dead_letter(&ctx.processing, &payload, order_id, &reason, None)
+                    .dead_letter(&ctx.processing, &payload, order_id, &errors, None)
             })
             .await;
             return;
         }
     };
-    let order_id = job.order_id;
-    match process(ctx, &job, &payload).await {
-        Ok(()) => {}
-        Err(reason) => give_up(ctx, &job, &payload, &reason).await,
+    if let Err(e) = process(ctx, &job, &payload).await {
+        if e.is_unavailable() {
+            ctx.db_down.store(true, Ordering::Relaxed);
+        }
+        retry_later(ctx, job.failed_once(e.to_string()), &payload).await;
     }
-    debug!(ctx.log, "order handled"; "order_id" => %order_id);
 }
 
-async fn process(ctx: &Ctx, job: &Job, payload: &[u8]) -> Result<(), String> {
+async fn process(ctx: &Ctx, job: &Job, payload: &[u8]) -> Result<(), StoreError> {
     let order_id = job.order_id;
     // 2. Store it as processing (with its items, one transaction).
-    let attempt = with_retries(ctx, "store", order_id, || ctx.store.begin_processing(job)).await?;
-    let Some(attempt) = attempt else {
+    let Some(attempt) = ctx.store.begin_processing(job).await? else {
         info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %order_id);
-        return with_retries(ctx, "acknowledge", order_id, || {
+        until_done(ctx, "acknowledge", || {
             ctx.queue
                 .acknowledge(&ctx.processing, payload, order_id, None)
         })
         .await;
+        return Ok(());
     };
     info!(ctx.log, "order processing"; "order_id" => %order_id, "attempt" => attempt);
     // 3. Simulate the work.
     tokio::time::sleep(ctx.delay.sample()).await;
     // 4. Complete it, unless it was cancelled or redelivered meanwhile.
-    let completed_at = with_retries(ctx, "complete", order_id, || {
-        ctx.store.complete(order_id, attempt)
-    })
-    .await?;
+    let completed_at = ctx.store.complete(order_id, attempt).await?;
     // 5. Publish and acknowledge, in one round trip.
     let event = completed_at.map(|at| Event::new(job, Status::Completed, Some(at)).to_json());
     let message = event.as_deref().map(|e| (ctx.channel.as_str(), e));
-    with_retries(ctx, "acknowledge", order_id, || {
+    until_done(ctx, "acknowledge", || {
         ctx.queue
             .acknowledge(&ctx.processing, payload, order_id, message)
     })
-    .await?;
+    .await;
     match completed_at {
         Some(_) => info!(ctx.log, "order completed"; "order_id" => %order_id),
         None => {
@@ -268,29 +310,74 @@ async fn process(ctx: &Ctx, job: &Job, payload: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The order's attempts ran out: mark it failed, publish `order.failed`, dead-letter it. If even
-/// that cannot be done, the order stays in the processing list and the reaper retries it once
-/// this process is gone.
-async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8], reason: &str) {
+/// The wait before the next try after `failures` failed ones: random between zero and an
+/// exponentially growing cap ("full jitter").
+fn backoff(ctx: &Ctx, failures: u32) -> Duration {
+    let window = ctx
+        .retry_base
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(ctx.retry_max);
+    window.mul_f64(rand::random_range(0.0..=1.0))
+}
+
+/// After a transient failure: schedule the next try, or give up once the tries are spent.
+async fn retry_later(ctx: &Ctx, job: Job, payload: &[u8]) {
     let order_id = job.order_id;
-    error!(ctx.log, "order failed, dead-lettering"; "order_id" => %order_id, "error" => reason);
-    let marked = with_retries(ctx, "mark failed", order_id, || ctx.store.fail(job, reason)).await;
-    if let Err(e) = marked {
-        error!(ctx.log, "cannot mark the order failed; it stays held"; "order_id" => %order_id, "error" => e);
-        return;
+    if job.failures >= ctx.max_attempts {
+        return give_up(ctx, &job, payload).await;
     }
+    let wait = backoff(ctx, job.failures);
+    warn!(ctx.log, "order failed, retrying later"; "order_id" => %order_id,
+        "failures" => job.failures, "in_ms" => wait.as_millis() as u64,
+        "error" => job.errors.last().map(String::as_str).unwrap_or(""));
+    let due = now_ms() + wait.as_millis() as u64;
+    until_done(ctx, "schedule retry", || {
+        ctx.queue
+            .schedule_retry(&ctx.processing, payload, &job, due)
+    })
+    .await;
+}
+
+/// The order's tries ran out: mark it failed, publish `order.failed`, dead-letter it. If the
+/// failure cannot even be recorded (PostgreSQL still down), it is scheduled once more instead.
+async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
+    let order_id = job.order_id;
+    let reason = job
+        .errors
+        .last()
+        .map(String::as_str)
+        .unwrap_or("attempts exhausted");
+    match ctx.store.fail(job, reason).await {
+        Ok(true) => {}
+        Ok(false) => {
+            info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %order_id);
+            until_done(ctx, "acknowledge", || {
+                ctx.queue
+                    .acknowledge(&ctx.processing, payload, order_id, None)
+            })
+            .await;
+            return;
+        }
+        Err(e) => {
+            error!(ctx.log, "cannot mark the order failed yet, retrying later"; "order_id" => %order_id, "error" => %e);
+            let due = now_ms() + backoff(ctx, job.failures).as_millis() as u64;
+            until_done(ctx, "schedule retry", || {
+                ctx.queue.schedule_retry(&ctx.processing, payload, job, due)
+            })
+            .await;
+            return;
+        }
+    }
+    error!(ctx.log, "order failed, dead-lettered"; "order_id" => %order_id, "failures" => job.failures, "error" => reason);
     let event = Event::new(job, Status::Failed, None).to_json();
-    let dead = with_retries(ctx, "dead-letter", order_id, || {
+    until_done(ctx, "dead-letter", || {
         ctx.queue.dead_letter(
             &ctx.processing,
             payload,
             Some(order_id),
-            reason,
+            &job.errors,
             Some((FAILED_CHANNEL, &event)),
         )
     })
     .await;
-    if let Err(e) = dead {
-        error!(ctx.log, "cannot dead-letter the order; it stays held"; "order_id" => %order_id, "error" => e);
-    }
 }

@@ -20,6 +20,8 @@ pub enum ApiError {
     InvalidField { field: String, message: String },
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    InvalidHeader(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
     #[error("content-type must be application/json")]
@@ -34,6 +36,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("the queue is full, retry later")]
+    QueueFull,
     #[error("a backing service is unavailable, retry later")]
     Unavailable(String),
 }
@@ -60,6 +64,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidBody { .. } => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::InvalidHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
+            ApiError::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => {
@@ -126,7 +132,7 @@ impl Reply for ApiError {
                 .headers_mut()
                 .insert("connection", warp::http::HeaderValue::from_static("close"));
         }
-        if let ApiError::Unavailable(_) = self {
+        if let ApiError::Unavailable(_) | ApiError::QueueFull = self {
             response
                 .headers_mut()
                 .insert("retry-after", warp::http::HeaderValue::from_static("1"));

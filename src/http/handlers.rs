@@ -3,6 +3,7 @@
 use super::{Api, ApiError, MAX_BATCH};
 use crate::events::{Event, CANCELLED_CHANNEL};
 use crate::order::{Job, NewOrder, Status};
+use crate::queue::Enqueued;
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -22,17 +23,57 @@ fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
 }
 
-/// `POST /orders`: validate, enqueue, 202.
-pub async fn create_order(body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `POST /orders`: validate, enqueue, 202. With an `Idempotency-Key`, the same key and body
+/// within 24 h answer the first order's id and enqueue nothing; another body is a 409.
+pub async fn create_order(
+    body: Bytes,
+    idempotency_key: Option<String>,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
     let order = NewOrder::parse(&body).map_err(reject)?;
+    if let Some(key) = &idempotency_key {
+        let printable = key.bytes().all(|b| b.is_ascii_graphic());
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
+            return Err(reject(ApiError::InvalidHeader(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            ))));
+        }
+    }
+    // What the key remembers: the order id and the order as validated, so that the same order
+    // sent with other spacing or key order still counts as the same body.
+    let canonical = idempotency_key
+        .as_ref()
+        .map(|_| serde_json::to_string(&order).unwrap_or_default());
     let job = Job::accept(order, OffsetDateTime::now_utc());
-    api.queue
-        .enqueue(std::slice::from_ref(&job))
+    let record = canonical.as_ref().map(|c| format!("{} {c}", job.order_id));
+    let idempotency = idempotency_key.as_deref().zip(record.as_deref());
+    let outcome = api
+        .queue
+        .enqueue(std::slice::from_ref(&job), api.max_queue_depth, idempotency)
         .await
         .map_err(reject)?;
-    info!(api.log, "order accepted"; "order_id" => %job.order_id);
-    let body = json(&serde_json::json!({"order_id": job.order_id, "status": "queued"}));
-    let location = format!("/orders/{}", job.order_id);
+    let order_id = match outcome {
+        Enqueued::Accepted => {
+            info!(api.log, "order accepted"; "order_id" => %job.order_id);
+            job.order_id.to_string()
+        }
+        Enqueued::QueueFull => return Err(reject(ApiError::QueueFull)),
+        Enqueued::Seen(record) => {
+            let (first_id, first_body) = record.split_once(' ').unwrap_or((&record, ""));
+            if Some(first_body) != canonical.as_deref() {
+                return Err(reject(ApiError::Conflict(
+                    "this Idempotency-Key was used with a different body".into(),
+                )));
+            }
+            info!(api.log, "idempotent replay"; "order_id" => first_id);
+            first_id.to_string()
+        }
+    };
+    let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
+    let location = format!("/orders/{order_id}");
     Ok(with_header(
         with_status(body, StatusCode::ACCEPTED),
         "location",
@@ -65,7 +106,14 @@ pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Reject
     }
     let now = OffsetDateTime::now_utc();
     let jobs: Vec<Job> = orders.into_iter().map(|o| Job::accept(o, now)).collect();
-    api.queue.enqueue(&jobs).await.map_err(reject)?;
+    let outcome = api
+        .queue
+        .enqueue(&jobs, api.max_queue_depth, None)
+        .await
+        .map_err(reject)?;
+    if outcome == Enqueued::QueueFull {
+        return Err(reject(ApiError::QueueFull));
+    }
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
     for id in &ids {
         info!(api.log, "order accepted"; "order_id" => %id, "batch" => true);
@@ -103,14 +151,7 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
             )
         })?),
     };
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| invalid("limit", format!("limit must be 1 to {MAX_LIMIT}")))?,
-    };
+    let limit = parse_limit(params.limit.as_deref())?;
     let after = match params.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(
@@ -127,6 +168,18 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
     let (orders, next) = api.store.list(&query).await.map_err(reject)?;
     let next_cursor = next.map(|c| c.encode());
     Ok(json(&serde_json::json!({"orders": orders, "next_cursor": next_cursor})).into_response())
+}
+
+/// A page size: 1 to 500, 50 when absent.
+fn parse_limit(limit: Option<&str>) -> Result<i64, Rejection> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| invalid("limit", format!("limit must be 1 to {MAX_LIMIT}"))),
+    }
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Rejection> {
@@ -214,6 +267,84 @@ pub async fn delete_order(
     }
     info!(api.log, "order deleted"; "order_id" => %order_id);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /dead-letters?limit=` (admin): the newest dead letters with their error history.
+pub async fn list_dead_letters(
+    query: String,
+    authorization: Option<String>,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
+    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        limit: Option<String>,
+    }
+    let params: Params = serde_urlencoded::from_str(&query)
+        .map_err(|e| reject(ApiError::InvalidQuery(format!("invalid query string: {e}"))))?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let entries = api
+        .queue
+        .dead_letters(limit as usize)
+        .await
+        .map_err(reject)?;
+    let total = api.queue.dead_letter_count().await.map_err(reject)?;
+    let entries: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|_| serde_json::json!({"raw": e})))
+        .collect();
+    Ok(json(&serde_json::json!({"dead_letters": entries, "total": total})).into_response())
+}
+
+/// Dead letters searched for one order id by the retry route.
+const DEAD_LETTER_SCAN: usize = 100_000;
+
+/// `POST /dead-letters/{id}/retry` (admin): puts a dead-lettered order back on the queue with its
+/// tries reset (its error history is kept).
+pub async fn retry_dead_letter(
+    id: String,
+    authorization: Option<String>,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
+    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+    let order_id = parse_id(&id)?;
+    let not_found = || {
+        reject(ApiError::NotFound(format!(
+            "no dead letter for order {order_id}"
+        )))
+    };
+    let entries = api
+        .queue
+        .dead_letters(DEAD_LETTER_SCAN)
+        .await
+        .map_err(reject)?;
+    let wanted = order_id.to_string();
+    let (entry, payload) = entries
+        .iter()
+        .find_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).ok()?;
+            (v["order_id"].as_str()? == wanted)
+                .then(|| (e.clone(), v["payload"].as_str().unwrap_or("").to_string()))
+        })
+        .ok_or_else(not_found)?;
+    let mut job = Job::parse(payload.as_bytes()).map_err(|e| {
+        reject(ApiError::Conflict(format!(
+            "this dead letter can never succeed: {e}"
+        )))
+    })?;
+    job.failures = 0;
+    if !api.store.requeue_failed(order_id).await.map_err(reject)? {
+        return Err(reject(ApiError::Conflict(format!(
+            "order {order_id} is no longer failed"
+        ))));
+    }
+    if !api.queue.revive(&entry, &job).await.map_err(reject)? {
+        return Err(not_found());
+    }
+    info!(api.log, "dead letter retried"; "order_id" => %order_id);
+    let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
+    Ok(with_status(body, StatusCode::ACCEPTED).into_response())
 }
 
 /// Admin routes need the configured token; with none configured they are refused.

@@ -27,6 +27,8 @@ pub struct Api {
     pub queue: Queue,
     pub store: Store,
     pub admin_token: Option<String>,
+    /// Queue depth past which orders are refused with 429 (0: no limit).
+    pub max_queue_depth: u64,
     pub log: Logger,
 }
 
@@ -40,6 +42,7 @@ pub fn routes(
     let create = warp::path!("orders")
         .and(warp::post())
         .and(json_body(MAX_BODY))
+        .and(warp::header::optional::<String>("idempotency-key"))
         .and(with_api.clone())
         .and_then(handlers::create_order);
     let batch = warp::path!("orders" / "batch")
@@ -66,6 +69,17 @@ pub fn routes(
         .and(warp::header::optional::<String>("authorization"))
         .and(with_api.clone())
         .and_then(handlers::delete_order);
+    let dead_letters = warp::path!("dead-letters")
+        .and(warp::get())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_api.clone())
+        .and_then(handlers::list_dead_letters);
+    let retry_dead_letter = warp::path!("dead-letters" / String / "retry")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(with_api.clone())
+        .and_then(handlers::retry_dead_letter);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
@@ -80,6 +94,8 @@ pub fn routes(
         .or(get)
         .or(cancel)
         .or(delete)
+        .or(dead_letters)
+        .or(retry_dead_letter)
         .or(healthz)
         .or(readyz)
         .recover(move |rejection| {
@@ -186,7 +202,7 @@ fn recover(rejection: Rejection, log: &Logger) -> warp::reply::Response {
     {
         ApiError::UnsupportedMediaType
     } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::InvalidQuery(e.to_string())
+        ApiError::InvalidHeader(e.to_string())
     } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
         ApiError::InvalidQuery(e.to_string())
     } else {

@@ -7,10 +7,9 @@ use crate::Shutdown;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
-use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Channel of failed orders.
@@ -73,9 +72,8 @@ pub fn notification_line(customer_id: &str, order_id: Uuid) -> String {
     format!("Email sent to customer {customer_id} for Order #{order_id} - Status: completed")
 }
 
-/// Notifications sent at once; more wait for a slot (and so slow the subscription down, which
-/// Redis buffers) rather than piling up.
-const CONCURRENT_NOTIFICATIONS: usize = 64;
+/// Notifications recorded per transaction, at the most.
+const NOTIFY_BATCH: usize = 512;
 
 /// The notifier role: subscribes to the completion channel and notifies each customer once.
 /// When the subscription drops (Redis restarted) it resubscribes with backoff, and every
@@ -89,7 +87,9 @@ pub async fn run_notifier(
     log: Logger,
 ) {
     let log = log.new(slog::o!("role" => "notifier"));
-    let slots = Arc::new(Semaphore::new(CONCURRENT_NOTIFICATIONS));
+    // Events go through a channel to one sender, which records them a batch per transaction.
+    let (events, received) = mpsc::unbounded_channel();
+    let sender = tokio::spawn(send_notifications(store.clone(), received, log.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let mut pubsub = match client.get_async_pubsub().await {
@@ -119,57 +119,52 @@ pub async fn run_notifier(
                         warn!(log, "subscription ended (Redis restarted?), resubscribing");
                         break;
                     };
-                    let event: Event = match serde_json::from_slice(message.get_payload_bytes()) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            warn!(log, "ignoring a message that is not an order event"; "error" => %e);
-                            continue;
+                    match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
+                        Ok(event) if event.status == Status::Completed => {
+                            let _ = events.send(event.order_id);
                         }
-                    };
-                    if event.status != Status::Completed {
-                        continue;
+                        Ok(_) => {}
+                        Err(e) => warn!(log, "ignoring a message that is not an order event"; "error" => %e),
                     }
-                    let Ok(slot) = slots.clone().acquire_owned().await else { break };
-                    let (store, log) = (store.clone(), log.clone());
-                    tokio::spawn(async move {
-                        notify(&store, event.order_id, &event.customer_id, &log).await;
-                        drop(slot);
-                    });
                 }
-                _ = tick.tick() => catch_up_missed(&store, catch_up, &log).await,
+                _ = tick.tick() => match store.missed_notifications(catch_up, 1000).await {
+                    Ok(missed) => {
+                        if !missed.is_empty() {
+                            info!(log, "catching up missed notifications"; "count" => missed.len());
+                        }
+                        for order_id in missed {
+                            let _ = events.send(order_id);
+                        }
+                    }
+                    Err(e) => warn!(log, "catch-up query failed"; "error" => %e),
+                },
                 _ = shutdown.cancelled() => break,
             }
         }
     }
-    // Let the notifications under way finish.
-    let _ = slots.acquire_many(CONCURRENT_NOTIFICATIONS as u32).await;
+    // Let the notifications received so far be sent.
+    drop(events);
+    let _ = sender.await;
     info!(log, "notifier stopped");
 }
 
-async fn notify(store: &Store, order_id: Uuid, customer_id: &str, log: &Logger) {
-    let sent = store
-        .notify_once(order_id, customer_id, || {
-            info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
-        })
-        .await;
-    if let Err(e) = sent {
-        // The catch-up finds it again later.
-        warn!(log, "notification not recorded"; "order_id" => %order_id, "error" => %e);
-    }
-}
-
-/// Notifies completed orders whose event never arrived. Orders completed within the last period
-/// are left to the live subscription.
-async fn catch_up_missed(store: &Store, grace: Duration, log: &Logger) {
-    match store.missed_notifications(grace, 1000).await {
-        Ok(missed) => {
-            if !missed.is_empty() {
-                info!(log, "catching up missed notifications"; "count" => missed.len());
-            }
-            for (order_id, customer_id) in missed {
-                notify(store, order_id, &customer_id, log).await;
-            }
+/// Records and sends notifications for the order ids received, a batch per transaction. A
+/// batch that fails is left to the catch-up, which finds its orders still unnotified.
+async fn send_notifications(
+    store: Store,
+    mut received: mpsc::UnboundedReceiver<Uuid>,
+    log: Logger,
+) {
+    let mut batch = Vec::with_capacity(NOTIFY_BATCH);
+    while received.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
+        let sent = store
+            .notify_once(&batch, |order_id, customer_id| {
+                info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
+            })
+            .await;
+        if let Err(e) = sent {
+            warn!(log, "notifications not recorded; the catch-up will retry them"; "count" => batch.len(), "error" => %e);
         }
-        Err(e) => warn!(log, "catch-up query failed"; "error" => %e),
+        batch.clear();
     }
 }

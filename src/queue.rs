@@ -27,6 +27,13 @@ pub enum QueueError {
     Pool(#[from] deadpool_redis::PoolError),
 }
 
+/// One order to acknowledge: its payload as claimed, and the event to publish, if any.
+pub struct Ack<'a> {
+    pub payload: &'a [u8],
+    pub order_id: Uuid,
+    pub event: Option<String>,
+}
+
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 
@@ -146,6 +153,20 @@ for i = 4, #ARGV, 2 do
   redis.call('LPUSH', KEYS[1], ARGV[i + 1])
 end
 return {'ok'}
+",
+    std::sync::OnceLock::new(),
+);
+
+/// Claims up to ARGV[1] more orders without blocking. KEYS: queue, processing list.
+static CLAIM_MORE: Lua = Lua(
+    r"
+local claimed = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local payload = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not payload then break end
+  claimed[#claimed + 1] = payload
+end
+return claimed
 ",
     std::sync::OnceLock::new(),
 );
@@ -344,6 +365,45 @@ impl Queue {
             .query_async(conn)
             .await?;
         Ok(payload)
+    }
+
+    /// Right after a claim: takes up to `n` more orders that are already waiting, in one round
+    /// trip, so a deep queue is drained in batches.
+    pub async fn claim_more(&self, processing: &str, n: usize) -> Result<Vec<Vec<u8>>, QueueError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        Ok(CLAIM_MORE
+            .script()
+            .key(&self.keys.queue)
+            .key(processing)
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// Publishes each order's event (if any) and drops the orders from the processing list and
+    /// the pending hash, all in one atomic round trip.
+    pub async fn acknowledge_all(
+        &self,
+        processing: &str,
+        channel: &str,
+        acks: &[Ack<'_>],
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ack in acks {
+            if let Some(event) = &ack.event {
+                pipe.publish(channel, event).ignore();
+            }
+            pipe.lrem(processing, -1, ack.payload).ignore();
+        }
+        let ids: Vec<String> = acks.iter().map(|a| a.order_id.to_string()).collect();
+        pipe.hdel(&self.keys.pending, ids).ignore();
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
     }
 
     /// Publishes the order's event (if any) and drops it from the processing list and the

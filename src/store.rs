@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::order::{Job, Money, Status};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_postgres::{NoTls, Row};
@@ -225,65 +226,85 @@ impl Store {
         Ok(matches!(row, Ok(Some(r)) if r.get::<_, Option<i64>>(0) == Some(latest)))
     }
 
-    /// Stores a delivered order with status `processing` (with its items, in one statement and so
-    /// one transaction), counting the attempt. Returns the attempt number that fences this
-    /// delivery's later updates, or `None` when the order is already final (a duplicate or stale
-    /// delivery, or an order cancelled while queued).
-    pub async fn begin_processing(&self, job: &Job) -> Result<Option<i32>, StoreError> {
+    /// Stores delivered orders with status `processing` (with their items, in one statement and
+    /// so one transaction), counting the delivery in `attempts`. Returns, for each order that may
+    /// go on, the attempt number that fences this delivery's later updates; orders already final
+    /// (a duplicate or stale delivery, or an order cancelled while queued) are left out.
+    /// The order ids must be distinct.
+    pub async fn begin_processing(&self, jobs: &[&Job]) -> Result<HashMap<Uuid, i32>, StoreError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut customers = Vec::with_capacity(jobs.len());
+        let mut cents = Vec::with_capacity(jobs.len());
+        let mut accepted = Vec::with_capacity(jobs.len());
+        let (mut item_ids, mut positions, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for job in jobs {
+            ids.push(job.order_id);
+            customers.push(job.customer_id.as_str());
+            cents.push(job.total.cents());
+            accepted.push(job.accepted_at);
+            for (i, item) in job.items.iter().enumerate() {
+                item_ids.push(job.order_id);
+                positions.push(i as i32 + 1);
+                items.push(item.as_str());
+            }
+        }
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
                 "WITH o AS (
                     INSERT INTO orders (order_id, customer_id, total, status, attempts,
                                         accepted_at, processing_started_at)
-                    VALUES ($1, $2, $3::int8 / 100.0, 'processing', 1, $4, now())
+                    SELECT t.order_id, t.customer_id, t.cents / 100.0, 'processing', 1,
+                           t.accepted_at, now()
+                    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[])
+                         AS t(order_id, customer_id, cents, accepted_at)
                     ON CONFLICT (order_id) DO UPDATE
                         SET status = 'processing', attempts = orders.attempts + 1,
                             processing_started_at = now(), updated_at = now()
                         WHERE orders.status IN ('queued', 'processing')
-                    RETURNING attempts, (xmax = 0) AS inserted
+                    RETURNING order_id, attempts, (xmax = 0) AS inserted
                  ), i AS (
                     INSERT INTO order_items (order_id, position, item)
-                    SELECT $1, t.position, t.item
-                    FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
-                    WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
+                    SELECT t.order_id, t.position, t.item
+                    FROM unnest($5::uuid[], $6::int4[], $7::text[]) AS t(order_id, position, item)
+                    WHERE t.order_id IN (SELECT order_id FROM o WHERE inserted)
                     ON CONFLICT DO NOTHING
                  )
-                 SELECT attempts FROM o",
+                 SELECT order_id, attempts FROM o",
             )
             .await?;
-        let row = client
-            .query_opt(
+        let rows = client
+            .query(
                 &stmt,
                 &[
-                    &job.order_id,
-                    &job.customer_id,
-                    &job.total.cents(),
-                    &job.accepted_at,
-                    &job.items,
+                    &ids, &customers, &cents, &accepted, &item_ids, &positions, &items,
                 ],
             )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Marks an order completed if it is still `processing` under this attempt. Returns the
-    /// completion time, or `None` when the order was cancelled or re-delivered meanwhile.
+    /// Marks orders completed if each is still `processing` under its attempt, in one
+    /// statement. Returns the completion time of those it completed; the others were cancelled or
+    /// redelivered meanwhile.
     pub async fn complete(
         &self,
-        order_id: Uuid,
-        attempt: i32,
-    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        ids: &[Uuid],
+        attempts: &[i32],
+    ) -> Result<HashMap<Uuid, OffsetDateTime>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE orders SET status = 'completed', completed_at = now(), updated_at = now()
-                 WHERE order_id = $1 AND status = 'processing' AND attempts = $2
-                 RETURNING completed_at",
+                "UPDATE orders o
+                 SET status = 'completed', completed_at = now(), updated_at = now()
+                 FROM unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
+                 WHERE o.order_id = t.order_id AND o.status = 'processing'
+                   AND o.attempts = t.attempts
+                 RETURNING o.order_id, o.completed_at",
             )
             .await?;
-        let row = client.query_opt(&stmt, &[&order_id, &attempt]).await?;
-        Ok(row.map(|r| r.get(0)))
+        let rows = client.query(&stmt, &[&ids, &attempts]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Marks an order failed (it exhausted its attempts), creating its row if no worker stored
@@ -479,36 +500,38 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Records the notification of a completed order and, inside the same transaction, runs
-    /// `send`. Returns whether it was sent: `false` when this order was notified before. A crash
-    /// after `send` and before the commit sends again later (at-least-once sending); a repeated
-    /// event never does.
+    /// Records the notifications of completed orders and, inside the same transaction, runs
+    /// `send` for each order not notified before; returns how many it sent. A crash after `send`
+    /// and before the commit sends again later (at-least-once sending); a repeated event never
+    /// does. Orders that are not (or no longer) stored as completed are skipped.
     pub async fn notify_once(
         &self,
-        order_id: Uuid,
-        customer_id: &str,
-        send: impl FnOnce(),
-    ) -> Result<bool, StoreError> {
+        ids: &[Uuid],
+        mut send: impl FnMut(Uuid, &str),
+    ) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let stmt = tx
             .prepare_cached(
                 "WITH n AS (
-                    INSERT INTO notifications (order_id, customer_id) VALUES ($1, $2)
+                    INSERT INTO notifications (order_id, customer_id)
+                    SELECT o.order_id, o.customer_id FROM orders o
+                    WHERE o.order_id = ANY($1::uuid[]) AND o.status = 'completed'
                     ON CONFLICT (order_id) DO NOTHING
-                    RETURNING order_id
+                    RETURNING order_id, customer_id
+                 ), u AS (
+                    UPDATE orders SET notified_at = now()
+                    WHERE order_id IN (SELECT order_id FROM n)
                  )
-                 UPDATE orders SET notified_at = now()
-                 WHERE order_id IN (SELECT order_id FROM n)",
+                 SELECT order_id, customer_id FROM n",
             )
             .await?;
-        let inserted = tx.execute(&stmt, &[&order_id, &customer_id]).await?;
-        if inserted == 0 {
-            return Ok(false);
+        let rows = tx.query(&stmt, &[&ids]).await?;
+        for row in &rows {
+            send(row.get(0), row.get(1));
         }
-        send();
         tx.commit().await?;
-        Ok(true)
+        Ok(rows.len())
     }
 
     /// Completed orders not notified yet that completed more than `grace` ago: their event was
@@ -517,19 +540,19 @@ impl Store {
         &self,
         grace: Duration,
         limit: i64,
-    ) -> Result<Vec<(Uuid, String)>, StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         let client = self.pool.get().await?;
         let grace_ms = grace.as_millis() as i64;
         let rows = client
             .query(
-                "SELECT order_id, customer_id FROM orders
+                "SELECT order_id FROM orders
                  WHERE status = 'completed' AND notified_at IS NULL
                    AND completed_at < now() - make_interval(secs => $1::int8 / 1000.0)
                  ORDER BY completed_at LIMIT $2",
                 &[&grace_ms, &limit],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -1,5 +1,7 @@
-//! The worker role: fetch loops claim orders from the queue and hand each to a task that stores,
-//! processes, completes, publishes and acknowledges it.
+//! The worker role: fetch loops claim orders from the queue (one blocking pop, then whatever else
+//! is already waiting, up to a batch), store each batch as `processing` in one statement, let
+//! each order sleep its simulated processing time, and hand it to the completer, which completes,
+//! publishes and acknowledges whatever has finished, again a batch per round trip.
 //!
 //! An order is acknowledged (removed from this process's processing list) only after its final
 //! commit and its publish. If the process dies anywhere before that, the order is still in the
@@ -9,15 +11,18 @@
 use crate::config::{Config, DelayRange};
 use crate::events::{Event, FAILED_CHANNEL};
 use crate::order::{Job, Status};
+use crate::queue::Ack;
 use crate::queue::Queue;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::Shutdown;
 use slog::{debug, error, info, warn, Logger};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 /// What one worker process shares between its loops and tasks.
 struct Ctx {
@@ -35,6 +40,24 @@ struct Ctx {
     /// Set when PostgreSQL was found unreachable: fetch loops stop claiming until it answers.
     db_down: AtomicBool,
     log: Logger,
+}
+
+/// Orders claimed, stored or completed per round trip, at the most.
+const BATCH: usize = 256;
+/// Completion batches under way at once.
+const COMPLETION_LANES: usize = 4;
+
+/// An order this process holds: its payload as claimed and its in-flight slot.
+struct Claimed {
+    payload: Vec<u8>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A stored order, processing, with the attempt that fences its completion.
+struct Started {
+    job: Job,
+    attempt: i32,
+    claimed: Claimed,
 }
 
 /// Runs the worker role until `shutdown`, then lets in-flight orders finish for up to
@@ -56,7 +79,8 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         log,
     });
     let lease = Duration::from_millis(config.lease_ms);
-    let slots = Arc::new(Semaphore::new(config.max_in_flight));
+    let max_in_flight = config.max_in_flight.min(Semaphore::MAX_PERMITS) as u32;
+    let slots = Arc::new(Semaphore::new(max_in_flight as usize));
     let tasks = TaskTracker::new();
     // Cancelled when the shutdown deadline passes: tasks stop where they are, unacknowledged.
     let abort = Shutdown::new();
@@ -70,30 +94,42 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         }
     }
     let keeper = tokio::spawn(keep_lease_and_reap(ctx.clone(), lease, abort.clone()));
+    let (finished, finished_rx) = mpsc::unbounded_channel();
+    let completer = tokio::spawn(completer(
+        ctx.clone(),
+        finished_rx,
+        tasks.clone(),
+        abort.clone(),
+    ));
     info!(ctx.log, "worker started"; "fetch_loops" => config.workers, "max_in_flight" => config.max_in_flight);
 
     let loops: Vec<_> = (0..config.workers)
         .map(|_| {
-            tokio::spawn(fetch_loop(
-                ctx.clone(),
-                slots.clone(),
-                tasks.clone(),
-                shutdown.clone(),
-                abort.clone(),
-            ))
+            let fetcher = Fetcher {
+                ctx: ctx.clone(),
+                slots: slots.clone(),
+                tasks: tasks.clone(),
+                abort: abort.clone(),
+                finished: finished.clone(),
+            };
+            tokio::spawn(fetcher.run(shutdown.clone()))
         })
         .collect();
     for l in loops {
         let _ = l.await;
     }
-    tasks.close();
+    drop(finished);
+    // Every slot back means every claimed order was acknowledged or scheduled for a retry.
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
-    if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
-        warn!(ctx.log, "shutdown deadline passed, returning unfinished orders to the queue"; "in_flight" => tasks.len());
-        abort.cancel();
-        tasks.wait().await;
+    let all_back = tokio::time::timeout(deadline, slots.acquire_many(max_in_flight)).await;
+    if all_back.is_err() {
+        warn!(ctx.log, "shutdown deadline passed, returning unfinished orders to the queue";
+            "in_flight" => max_in_flight as usize - slots.available_permits());
     }
     abort.cancel();
+    tasks.close();
+    tasks.wait().await;
+    let _ = completer.await;
     let _ = keeper.await;
     match ctx.queue.retire(&ctx.worker_id).await {
         Ok(n) => info!(ctx.log, "worker stopped"; "returned_to_queue" => n),
@@ -148,61 +184,276 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Claims orders one blocking pop at a time while a slot is free. Stops between pops when
-/// `shutdown` is cancelled: a pop in flight is never cancelled, since a dropped BLMOVE could
-/// still move an order that no one then processes.
-async fn fetch_loop(
+/// One fetch loop and what it hands work to.
+struct Fetcher {
     ctx: Arc<Ctx>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
-    shutdown: Shutdown,
     abort: Shutdown,
-) {
-    let mut backoff = Duration::from_millis(50);
-    'connect: while !shutdown.is_cancelled() {
-        let mut conn = match ctx.queue.blocking_connection().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(ctx.log, "cannot reach Redis to claim orders, retrying"; "error" => %e);
-                pause(&mut backoff, &shutdown).await;
-                continue;
-            }
-        };
-        while !shutdown.is_cancelled() {
-            if ctx.db_down.load(Ordering::Relaxed) {
-                wait_for_database(&ctx, &shutdown).await;
-                continue;
-            }
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(s) => s,
-                    Err(_) => return,
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            match ctx.queue.claim(&mut conn, &ctx.processing).await {
-                Ok(Some(payload)) => {
-                    backoff = Duration::from_millis(50);
-                    let ctx = ctx.clone();
-                    let abort = abort.clone();
-                    tasks.spawn(async move {
-                        tokio::select! {
-                            _ = handle(&ctx, payload) => {}
-                            _ = abort.cancelled() => {}
-                        }
-                        drop(slot);
-                    });
-                }
-                Ok(None) => {}
+    finished: mpsc::UnboundedSender<Started>,
+}
+
+impl Fetcher {
+    /// Claims orders while slots are free: one blocking pop, then up to a batch of those already
+    /// waiting. Stops between pops when `shutdown` is cancelled: a pop in flight is never
+    /// cancelled, since a dropped BLMOVE could still move an order that no one then processes.
+    async fn run(self, shutdown: Shutdown) {
+        let ctx = &self.ctx;
+        let mut backoff = Duration::from_millis(50);
+        'connect: while !shutdown.is_cancelled() {
+            let mut conn = match ctx.queue.blocking_connection().await {
+                Ok(c) => c,
                 Err(e) => {
-                    warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
-                    drop(deadpool_redis::Connection::take(conn));
+                    warn!(ctx.log, "cannot reach Redis to claim orders, retrying"; "error" => %e);
                     pause(&mut backoff, &shutdown).await;
-                    continue 'connect;
+                    continue;
                 }
+            };
+            while !shutdown.is_cancelled() {
+                if ctx.db_down.load(Ordering::Relaxed) {
+                    wait_for_database(ctx, &shutdown).await;
+                    continue;
+                }
+                let slot = tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => match slot {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                let first = match ctx.queue.claim(&mut conn, &ctx.processing).await {
+                    Ok(Some(payload)) => payload,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
+                        drop(deadpool_redis::Connection::take(conn));
+                        pause(&mut backoff, &shutdown).await;
+                        continue 'connect;
+                    }
+                };
+                backoff = Duration::from_millis(50);
+                let mut batch = vec![Claimed {
+                    payload: first,
+                    _slot: slot,
+                }];
+                self.claim_more(&mut batch).await;
+                let (ctx, tasks, abort, finished) = (
+                    self.ctx.clone(),
+                    self.tasks.clone(),
+                    self.abort.clone(),
+                    self.finished.clone(),
+                );
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = start_batch(&ctx, batch, &tasks, &abort, finished) => {}
+                        _ = abort.cancelled() => {}
+                    }
+                });
             }
         }
     }
+
+    /// Adds to `batch` the orders already waiting, as many as there are free slots.
+    async fn claim_more(&self, batch: &mut Vec<Claimed>) {
+        let mut slots = Vec::new();
+        while slots.len() < BATCH - 1 {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(s) => slots.push(s),
+                Err(_) => break,
+            }
+        }
+        match self
+            .ctx
+            .queue
+            .claim_more(&self.ctx.processing, slots.len())
+            .await
+        {
+            Ok(payloads) => {
+                batch.extend(
+                    payloads
+                        .into_iter()
+                        .zip(slots)
+                        .map(|(payload, slot)| Claimed {
+                            payload,
+                            _slot: slot,
+                        }),
+                )
+            }
+            // The first order goes on alone; the queue keeps the rest.
+            Err(e) => debug!(self.ctx.log, "claiming more failed"; "error" => %e),
+        }
+    }
+}
+
+/// Steps 1 and 2 of SPEC §3 for a claimed batch: validate each payload again (anything can be
+/// pushed on the list), store the valid ones as `processing` in one statement, then start each
+/// one's processing time; when it is over the order goes to the completer.
+async fn start_batch(
+    ctx: &Arc<Ctx>,
+    batch: Vec<Claimed>,
+    tasks: &TaskTracker,
+    abort: &Shutdown,
+    finished: mpsc::UnboundedSender<Started>,
+) {
+    let mut jobs: Vec<(Job, Claimed)> = Vec::with_capacity(batch.len());
+    let mut seen = HashSet::with_capacity(batch.len());
+    let mut drop_now = Vec::new();
+    for claimed in batch {
+        match Job::parse(&claimed.payload) {
+            Err(e) => dead_letter_poison(ctx, &claimed.payload, e.to_string()).await,
+            // The same order twice in one batch (pushed twice): the copy is dropped.
+            Ok(job) if !seen.insert(job.order_id) => drop_now.push((job.order_id, claimed)),
+            Ok(job) => jobs.push((job, claimed)),
+        }
+    }
+    if !jobs.is_empty() {
+        let refs: Vec<&Job> = jobs.iter().map(|(job, _)| job).collect();
+        let begun = ctx.store.begin_processing(&refs).await;
+        let attempts = match begun {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                if e.is_unavailable() {
+                    ctx.db_down.store(true, Ordering::Relaxed);
+                }
+                for (job, claimed) in jobs {
+                    retry_later(ctx, job.failed_once(e.to_string()), &claimed.payload).await;
+                }
+                return;
+            }
+        };
+        for (job, claimed) in jobs {
+            let Some(&attempt) = attempts.get(&job.order_id) else {
+                info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %job.order_id);
+                drop_now.push((job.order_id, claimed));
+                continue;
+            };
+            info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt);
+            let started = Started {
+                job,
+                attempt,
+                claimed,
+            };
+            // 3. Simulate the work: an async sleep, so thousands can be in flight.
+            let delay = ctx.delay.sample();
+            if delay.is_zero() {
+                let _ = finished.send(started);
+            } else {
+                let (finished, abort) = (finished.clone(), abort.clone());
+                tasks.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => { let _ = finished.send(started); }
+                        _ = abort.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+    if !drop_now.is_empty() {
+        let acks: Vec<Ack> = drop_now
+            .iter()
+            .map(|(order_id, claimed)| Ack {
+                payload: &claimed.payload,
+                order_id: *order_id,
+                event: None,
+            })
+            .collect();
+        until_done(ctx, "acknowledge", || {
+            ctx.queue
+                .acknowledge_all(&ctx.processing, &ctx.channel, &acks)
+        })
+        .await;
+    }
+}
+
+/// Completes what has finished processing, a batch per round trip, with a few batches under way
+/// at once.
+async fn completer(
+    ctx: Arc<Ctx>,
+    mut finished: mpsc::UnboundedReceiver<Started>,
+    tasks: TaskTracker,
+    abort: Shutdown,
+) {
+    let lanes = Arc::new(Semaphore::new(COMPLETION_LANES));
+    loop {
+        let lane = tokio::select! {
+            lane = lanes.clone().acquire_owned() => match lane { Ok(l) => l, Err(_) => return },
+            _ = abort.cancelled() => return,
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        let n = tokio::select! {
+            n = finished.recv_many(&mut batch, BATCH) => n,
+            _ = abort.cancelled() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let (ctx, abort) = (ctx.clone(), abort.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = complete_batch(&ctx, batch) => {}
+                _ = abort.cancelled() => {}
+            }
+            drop(lane);
+        });
+    }
+}
+
+/// Steps 4 and 5 of SPEC §3: complete the orders still `processing` under their attempt (a
+/// cancelled or redelivered one is not), then publish their events and acknowledge them all in
+/// one round trip.
+async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
+    let ids: Vec<Uuid> = batch.iter().map(|s| s.job.order_id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|s| s.attempt).collect();
+    let completed = match ctx.store.complete(&ids, &attempts).await {
+        Ok(completed) => completed,
+        Err(e) => {
+            if e.is_unavailable() {
+                ctx.db_down.store(true, Ordering::Relaxed);
+            }
+            for started in batch {
+                let retry = started.job.failed_once(e.to_string());
+                retry_later(ctx, retry, &started.claimed.payload).await;
+            }
+            return;
+        }
+    };
+    let acks: Vec<Ack> = batch
+        .iter()
+        .map(|s| Ack {
+            payload: &s.claimed.payload,
+            order_id: s.job.order_id,
+            event: completed
+                .get(&s.job.order_id)
+                .map(|at| Event::new(&s.job, Status::Completed, Some(*at)).to_json()),
+        })
+        .collect();
+    until_done(ctx, "acknowledge", || {
+        ctx.queue
+            .acknowledge_all(&ctx.processing, &ctx.channel, &acks)
+    })
+    .await;
+    for ack in &acks {
+        match ack.event {
+            Some(_) => info!(ctx.log, "order completed"; "order_id" => %ack.order_id),
+            None => {
+                info!(ctx.log, "order was cancelled or taken over, not completed"; "order_id" => %ack.order_id)
+            }
+        }
+    }
+}
+
+/// Moves a payload that can never be an order to the dead letters, never to be retried.
+async fn dead_letter_poison(ctx: &Ctx, payload: &[u8], error: String) {
+    error!(ctx.log, "dead-lettering a payload that is not a valid order"; "error" => &error);
+    let order_id = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("order_id")?.as_str()?.parse().ok());
+    let errors = [format!("invalid payload: {error}")];
+    until_done(ctx, "dead-letter", || {
+        ctx.queue
+            .dead_letter(&ctx.processing, payload, order_id, &errors, None)
+    })
+    .await;
 }
 
 /// Waits, with backoff, until PostgreSQL answers again; orders stay safe on the queue meanwhile.
@@ -247,67 +498,6 @@ async fn until_done<T, E: std::fmt::Display, F: std::future::Future<Output = Res
             }
         }
     }
-}
-
-/// Steps 1 to 5 of SPEC §3 for one claimed payload.
-async fn handle(ctx: &Ctx, payload: Vec<u8>) {
-    // 1. Validate again: anything can be pushed on the list.
-    let job = match Job::parse(&payload) {
-        Ok(job) => job,
-        Err(e) => {
-            error!(ctx.log, "dead-lettering a payload that is not a valid order"; "error" => %e);
-            let order_id = serde_json::from_slice::<serde_json::Value>(&payload)
-                .ok()
-                .and_then(|v| v.get("order_id")?.as_str()?.parse().ok());
-            let errors = [format!("invalid payload: {e}")];
-            until_done(ctx, "dead-letter", || {
-                ctx.queue
-                    .dead_letter(&ctx.processing, &payload, order_id, &errors, None)
-            })
-            .await;
-            return;
-        }
-    };
-    if let Err(e) = process(ctx, &job, &payload).await {
-        if e.is_unavailable() {
-            ctx.db_down.store(true, Ordering::Relaxed);
-        }
-        retry_later(ctx, job.failed_once(e.to_string()), &payload).await;
-    }
-}
-
-async fn process(ctx: &Ctx, job: &Job, payload: &[u8]) -> Result<(), StoreError> {
-    let order_id = job.order_id;
-    // 2. Store it as processing (with its items, one transaction).
-    let Some(attempt) = ctx.store.begin_processing(job).await? else {
-        info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %order_id);
-        until_done(ctx, "acknowledge", || {
-            ctx.queue
-                .acknowledge(&ctx.processing, payload, order_id, None)
-        })
-        .await;
-        return Ok(());
-    };
-    info!(ctx.log, "order processing"; "order_id" => %order_id, "attempt" => attempt);
-    // 3. Simulate the work.
-    tokio::time::sleep(ctx.delay.sample()).await;
-    // 4. Complete it, unless it was cancelled or redelivered meanwhile.
-    let completed_at = ctx.store.complete(order_id, attempt).await?;
-    // 5. Publish and acknowledge, in one round trip.
-    let event = completed_at.map(|at| Event::new(job, Status::Completed, Some(at)).to_json());
-    let message = event.as_deref().map(|e| (ctx.channel.as_str(), e));
-    until_done(ctx, "acknowledge", || {
-        ctx.queue
-            .acknowledge(&ctx.processing, payload, order_id, message)
-    })
-    .await;
-    match completed_at {
-        Some(_) => info!(ctx.log, "order completed"; "order_id" => %order_id),
-        None => {
-            info!(ctx.log, "order was cancelled or taken over, not completed"; "order_id" => %order_id)
-        }
-    }
-    Ok(())
 }
 
 /// The wait before the next try after `failures` failed ones: random between zero and an

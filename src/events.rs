@@ -30,6 +30,9 @@ pub struct Event {
     pub accepted_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
+    /// The `X-Request-Id` of the request the event follows from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Event {
@@ -44,11 +47,12 @@ impl Event {
             items: job.items.clone(),
             accepted_at: job.accepted_at,
             completed_at,
+            request_id: job.request_id.clone(),
         }
     }
 
     /// The event of an order as stored (its current status).
-    pub fn of_order(order: &crate::store::OrderView) -> Event {
+    pub fn of_order(order: &crate::store::OrderView, request_id: &str) -> Event {
         Event {
             event_id: Uuid::now_v7(),
             order_id: order.order_id,
@@ -58,6 +62,7 @@ impl Event {
             items: order.items.clone(),
             accepted_at: order.accepted_at,
             completed_at: order.completed_at,
+            request_id: Some(request_id.to_string()),
         }
     }
 
@@ -162,8 +167,11 @@ async fn send_notifications(
                 info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
             })
             .await;
-        if let Err(e) = sent {
-            warn!(log, "notifications not recorded; the catch-up will retry them"; "count" => batch.len(), "error" => %e);
+        match sent {
+            Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
+            Err(e) => {
+                warn!(log, "notifications not recorded; the catch-up will retry them"; "count" => batch.len(), "error" => %e)
+            }
         }
         batch.clear();
     }

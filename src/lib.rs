@@ -7,6 +7,7 @@ pub mod events;
 pub mod http;
 pub mod order;
 pub mod queue;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
@@ -105,6 +106,7 @@ pub async fn start(
     shutdown: Shutdown,
     log: Logger,
 ) -> Result<Running, StartError> {
+    stats::recorder();
     let store = store::Store::new(config)?;
     store.migrate().await?;
     let queue = queue::Queue::connect(config).await?;

@@ -336,6 +336,9 @@ pub struct Job {
     /// The error of each failed try, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The `X-Request-Id` of the request that placed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -344,7 +347,7 @@ fn is_zero(n: &u32) -> bool {
 
 impl Job {
     /// Accepts a new order: gives it an id (UUIDv7, so ids sort by time) and a timestamp.
-    pub fn accept(order: NewOrder, now: OffsetDateTime) -> Job {
+    pub fn accept(order: NewOrder, now: OffsetDateTime, request_id: Option<String>) -> Job {
         Job {
             order_id: Uuid::now_v7(),
             customer_id: order.customer_id,
@@ -353,6 +356,7 @@ impl Job {
             accepted_at: now,
             failures: 0,
             errors: Vec::new(),
+            request_id,
         }
     }
 
@@ -369,6 +373,7 @@ impl Job {
             accepted_at: job.accepted_at,
             failures: job.failures,
             errors: job.errors,
+            request_id: job.request_id,
         })
     }
 
@@ -551,7 +556,7 @@ mod tests {
     fn a_job_round_trips_and_is_validated_again() {
         let order =
             NewOrder::parse(br#"{"customer_id": "c", "items": ["a"], "total": 0.3}"#).unwrap();
-        let job = Job::accept(order, OffsetDateTime::now_utc());
+        let job = Job::accept(order, OffsetDateTime::now_utc(), None);
         let parsed = Job::parse(job.to_payload().as_bytes()).unwrap();
         assert_eq!(parsed.order_id, job.order_id);
         assert_eq!(parsed.total.cents(), 30);

@@ -34,6 +34,16 @@ pub struct Ack<'a> {
     pub event: Option<String>,
 }
 
+/// The state of the queue at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct QueueGauges {
+    pub queue_depth: u64,
+    pub in_flight: u64,
+    pub scheduled_retries: u64,
+    pub dead_letters: u64,
+    pub live_workers: u64,
+}
+
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 
@@ -193,6 +203,21 @@ if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('LPUSH', KEYS[3], ARGV[3])
 return 1
+",
+    std::sync::OnceLock::new(),
+);
+
+/// The queue's state for /stats and /metrics. KEYS: workers, queue, scheduled, dead. ARGV: key
+/// tag. Returns {queue depth, in flight, scheduled, dead letters, live workers}.
+static GAUGES: Lua = Lua(
+    r"
+local live, in_flight = 0, 0
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. 'heartbeat:' .. worker) == 1 then live = live + 1 end
+  in_flight = in_flight + redis.call('LLEN', ARGV[1] .. 'processing:' .. worker)
+end
+return {redis.call('LLEN', KEYS[2]), in_flight, redis.call('ZCARD', KEYS[3]),
+        redis.call('LLEN', KEYS[4]), live}
 ",
     std::sync::OnceLock::new(),
 );
@@ -493,6 +518,28 @@ impl Queue {
             .arg(1000)
             .invoke_async(&mut conn)
             .await?)
+    }
+
+    /// The queue's state, read atomically.
+    pub async fn gauges(&self) -> Result<QueueGauges, QueueError> {
+        let mut conn = self.conn.clone();
+        let v: Vec<u64> = GAUGES
+            .script()
+            .key(&self.keys.workers)
+            .key(&self.keys.queue)
+            .key(&self.keys.scheduled)
+            .key(&self.keys.dead)
+            .arg(&self.keys.tag)
+            .invoke_async(&mut conn)
+            .await?;
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        Ok(QueueGauges {
+            queue_depth: at(0),
+            in_flight: at(1),
+            scheduled_retries: at(2),
+            dead_letters: at(3),
+            live_workers: at(4),
+        })
     }
 
     /// How many dead letters there are.

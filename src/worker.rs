@@ -13,6 +13,7 @@ use crate::events::{Event, FAILED_CHANNEL};
 use crate::order::{Job, Status};
 use crate::queue::Ack;
 use crate::queue::Queue;
+use crate::stats;
 use crate::store::Store;
 use crate::Shutdown;
 use slog::{debug, error, info, warn, Logger};
@@ -20,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -58,6 +60,7 @@ struct Started {
     job: Job,
     attempt: i32,
     claimed: Claimed,
+    since: std::time::Instant,
 }
 
 /// Runs the worker role until `shutdown`, then lets in-flight orders finish for up to
@@ -163,7 +166,10 @@ async fn keep_lease_and_reap(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
                 }
                 match ctx.queue.requeue_orphans().await {
                     Ok(0) => {}
-                    Ok(n) => info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n),
+                    Ok(n) => {
+                        metrics::counter!(stats::RECOVERED).increment(n);
+                        info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n);
+                    }
                     Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
                 }
             }
@@ -327,11 +333,17 @@ async fn start_batch(
                 drop_now.push((job.order_id, claimed));
                 continue;
             };
-            info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt);
+            info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt,
+                "request_id" => job.request_id.as_deref().unwrap_or(""));
+            if attempt == 1 {
+                let waited = OffsetDateTime::now_utc() - job.accepted_at;
+                metrics::histogram!(stats::QUEUE_WAIT).record(waited.as_seconds_f64().max(0.0));
+            }
             let started = Started {
                 job,
                 attempt,
                 claimed,
+                since: std::time::Instant::now(),
             };
             // 3. Simulate the work: an async sleep, so thousands can be in flight.
             let delay = ctx.delay.sample();
@@ -349,6 +361,7 @@ async fn start_batch(
         }
     }
     if !drop_now.is_empty() {
+        metrics::counter!(stats::DUPLICATES).increment(drop_now.len() as u64);
         let acks: Vec<Ack> = drop_now
             .iter()
             .map(|(order_id, claimed)| Ack {
@@ -432,12 +445,20 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
             .acknowledge_all(&ctx.processing, &ctx.channel, &acks)
     })
     .await;
-    for ack in &acks {
-        match ack.event {
-            Some(_) => info!(ctx.log, "order completed"; "order_id" => %ack.order_id),
-            None => {
-                info!(ctx.log, "order was cancelled or taken over, not completed"; "order_id" => %ack.order_id)
+    metrics::counter!(stats::COMPLETED).increment(completed.len() as u64);
+    for started in &batch {
+        let order_id = started.job.order_id;
+        let request_id = started.job.request_id.as_deref().unwrap_or("");
+        match completed.get(&order_id) {
+            Some(at) => {
+                metrics::histogram!(stats::PROCESSING)
+                    .record(started.since.elapsed().as_secs_f64());
+                let total = (*at - started.job.accepted_at).as_seconds_f64().max(0.0);
+                metrics::histogram!(stats::END_TO_END).record(total);
+                info!(ctx.log, "order completed"; "order_id" => %order_id, "request_id" => request_id);
             }
+            None => info!(ctx.log, "order was cancelled or taken over, not completed";
+                "order_id" => %order_id, "request_id" => request_id),
         }
     }
 }
@@ -517,6 +538,7 @@ async fn retry_later(ctx: &Ctx, job: Job, payload: &[u8]) {
         return give_up(ctx, &job, payload).await;
     }
     let wait = backoff(ctx, job.failures);
+    metrics::counter!(stats::RETRIED).increment(1);
     warn!(ctx.log, "order failed, retrying later"; "order_id" => %order_id,
         "failures" => job.failures, "in_ms" => wait.as_millis() as u64,
         "error" => job.errors.last().map(String::as_str).unwrap_or(""));
@@ -558,6 +580,7 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
             return;
         }
     }
+    metrics::counter!(stats::FAILED).increment(1);
     error!(ctx.log, "order failed, dead-lettered"; "order_id" => %order_id, "failures" => job.failures, "error" => reason);
     let event = Event::new(job, Status::Failed, None).to_json();
     until_done(ctx, "dead-letter", || {

@@ -31,6 +31,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 pub async fn create_order(
     body: Bytes,
     idempotency_key: Option<String>,
+    request_id: String,
     api: Arc<Api>,
 ) -> Result<Response, Rejection> {
     let order = NewOrder::parse(&body).map_err(reject)?;
@@ -47,7 +48,7 @@ pub async fn create_order(
     let canonical = idempotency_key
         .as_ref()
         .map(|_| serde_json::to_string(&order).unwrap_or_default());
-    let job = Job::accept(order, OffsetDateTime::now_utc());
+    let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()));
     let record = canonical.as_ref().map(|c| format!("{} {c}", job.order_id));
     let idempotency = idempotency_key.as_deref().zip(record.as_deref());
     let outcome = api
@@ -57,7 +58,8 @@ pub async fn create_order(
         .map_err(reject)?;
     let order_id = match outcome {
         Enqueued::Accepted => {
-            info!(api.log, "order accepted"; "order_id" => %job.order_id);
+            metrics::counter!(crate::stats::ACCEPTED).increment(1);
+            info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
             job.order_id.to_string()
         }
         Enqueued::QueueFull => return Err(reject(ApiError::QueueFull)),
@@ -68,7 +70,7 @@ pub async fn create_order(
                     "this Idempotency-Key was used with a different body".into(),
                 )));
             }
-            info!(api.log, "idempotent replay"; "order_id" => first_id);
+            info!(api.log, "idempotent replay"; "order_id" => first_id, "request_id" => &request_id);
             first_id.to_string()
         }
     };
@@ -83,7 +85,11 @@ pub async fn create_order(
 }
 
 /// `POST /orders/batch`: a JSON array of up to 1,000 orders; all valid and enqueued, or none.
-pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+pub async fn create_batch(
+    body: Bytes,
+    request_id: String,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
     let orders = NewOrder::parse_batch(&body).map_err(|(index, e)| {
         let mut e = ApiError::from(e);
         if let (Some(i), ApiError::InvalidField { field, message }) = (index, &mut e) {
@@ -105,7 +111,10 @@ pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Reject
         }));
     }
     let now = OffsetDateTime::now_utc();
-    let jobs: Vec<Job> = orders.into_iter().map(|o| Job::accept(o, now)).collect();
+    let jobs: Vec<Job> = orders
+        .into_iter()
+        .map(|o| Job::accept(o, now, Some(request_id.clone())))
+        .collect();
     let outcome = api
         .queue
         .enqueue(&jobs, api.max_queue_depth, None)
@@ -115,11 +124,13 @@ pub async fn create_batch(body: Bytes, api: Arc<Api>) -> Result<Response, Reject
         return Err(reject(ApiError::QueueFull));
     }
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
+    metrics::counter!(crate::stats::ACCEPTED).increment(ids.len() as u64);
     for id in &ids {
-        info!(api.log, "order accepted"; "order_id" => %id, "batch" => true);
+        info!(api.log, "order accepted"; "order_id" => %id, "request_id" => &request_id);
     }
     let body = json(&serde_json::json!({"order_ids": ids, "status": "queued"}));
-    Ok(with_status(body, StatusCode::ACCEPTED).into_response())
+    let reply = with_status(body, StatusCode::ACCEPTED);
+    Ok(with_header(reply, super::REQUEST_ID, request_id).into_response())
 }
 
 #[derive(Deserialize)]
@@ -214,7 +225,12 @@ struct StatusChange {
 }
 
 /// `PUT /orders/{id}/status` with `{"status": "cancelled"}`.
-pub async fn set_status(id: String, body: Bytes, api: Arc<Api>) -> Result<Response, Rejection> {
+pub async fn set_status(
+    id: String,
+    body: Bytes,
+    request_id: String,
+    api: Arc<Api>,
+) -> Result<Response, Rejection> {
     let order_id = parse_id(&id)?;
     let change: StatusChange = crate::order::from_json_object(&body).map_err(reject)?;
     match Status::parse(&change.status) {
@@ -238,16 +254,16 @@ pub async fn set_status(id: String, body: Bytes, api: Arc<Api>) -> Result<Respon
             "order {order_id} is already {status}"
         )))),
         CancelOutcome::Cancelled => {
-            info!(api.log, "order cancelled"; "order_id" => %order_id);
+            info!(api.log, "order cancelled"; "order_id" => %order_id, "request_id" => &request_id);
             let order = api.store.get(order_id).await.map_err(reject)?;
             let Some(order) = order else {
                 return Err(reject(ApiError::NotFound(format!("no order {order_id}"))));
             };
-            let event = Event::of_order(&order).to_json();
+            let event = Event::of_order(&order, &request_id).to_json();
             if let Err(e) = api.queue.publish(CANCELLED_CHANNEL, &event).await {
                 warn!(api.log, "order.cancelled not published"; "order_id" => %order_id, "error" => %e);
             }
-            Ok(json(&order).into_response())
+            Ok(with_header(json(&order), super::REQUEST_ID, request_id).into_response())
         }
     }
 }
@@ -369,6 +385,22 @@ fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(),
     } else {
         Err(ApiError::Forbidden("wrong admin token"))
     }
+}
+
+/// `GET /stats`: order metrics for people and scripts.
+pub async fn stats(api: Arc<Api>) -> Result<Response, Rejection> {
+    let stats = crate::stats::collect(&api.queue, &api.store)
+        .await
+        .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?;
+    Ok(json(&stats).into_response())
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(api: Arc<Api>) -> Result<Response, Rejection> {
+    let text = crate::stats::render(&api.queue, &api.store)
+        .await
+        .map_err(reject)?;
+    Ok(with_header(text, "content-type", "text/plain; version=0.0.4").into_response())
 }
 
 /// `GET /readyz`: Redis and PostgreSQL answer and the migrations are applied.

@@ -3,6 +3,7 @@
 
 mod error;
 mod handlers;
+mod openapi;
 
 pub use error::ApiError;
 
@@ -10,9 +11,10 @@ use crate::queue::Queue;
 use crate::store::Store;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use slog::{warn, Logger};
+use slog::{debug, info, warn, Logger};
 use std::convert::Infallible;
 use std::sync::Arc;
+use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 /// Largest body of `POST /orders` and `PUT /orders/{id}/status`.
@@ -32,8 +34,89 @@ pub struct Api {
     pub log: Logger,
 }
 
-/// Every route of the API, with errors recovered into JSON.
+/// Header that names a request in every log line, response and event about it.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The caller's `X-Request-Id` when it is 1–128 visible ASCII characters, or a new one.
+fn request_id() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::header::value(REQUEST_ID)
+        .map(|v: warp::http::HeaderValue| valid_request_id(&v))
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(|id: Option<String>| id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string()))
+}
+
+fn valid_request_id(value: &warp::http::HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    let ok = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
+    ok.then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// Every route of the API, with errors recovered into JSON, each response carrying its
+/// `X-Request-Id`, timed into the HTTP histogram, and logged.
 pub fn routes(
+    api: Arc<Api>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let log = api.log.clone();
+    let inner = api_routes(api);
+    warp::any()
+        .map(std::time::Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(request_id())
+        .and(inner)
+        .map(
+            move |start: std::time::Instant,
+                  method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  id: String,
+                  reply| {
+                let mut response = warp::Reply::into_response(reply);
+                // Handlers that log set the id they used; the others get this one.
+                let headers = response.headers_mut();
+                if !headers.contains_key(REQUEST_ID) {
+                    if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                        headers.insert(REQUEST_ID, v);
+                    }
+                }
+                let status = response.status().as_u16();
+                let route = route_of(path.as_str());
+                let elapsed = start.elapsed();
+                metrics::histogram!(crate::stats::HTTP_DURATION,
+                    "route" => route, "method" => method.to_string(), "status" => status.to_string())
+                .record(elapsed.as_secs_f64());
+                let id = response.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let line = (method.as_str(), path.as_str(), status, elapsed.as_micros() as u64);
+                if status >= 400 {
+                    info!(log, "request"; "method" => line.0, "path" => line.1, "status" => line.2, "us" => line.3, "request_id" => id);
+                } else {
+                    debug!(log, "request"; "method" => line.0, "path" => line.1, "status" => line.2, "us" => line.3, "request_id" => id);
+                }
+                response
+            },
+        )
+}
+
+/// The route template of a path, for metric labels (ids would make one series per order).
+fn route_of(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["orders"] => "/orders",
+        ["orders", "batch"] => "/orders/batch",
+        ["orders", _] => "/orders/{id}",
+        ["orders", _, "status"] => "/orders/{id}/status",
+        ["dead-letters"] => "/dead-letters",
+        ["dead-letters", _, "retry"] => "/dead-letters/{id}/retry",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["stats"] => "/stats",
+        ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
+        _ => "other",
+    }
+}
+
+fn api_routes(
     api: Arc<Api>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let log = api.log.clone();
@@ -43,11 +126,13 @@ pub fn routes(
         .and(warp::post())
         .and(json_body(MAX_BODY))
         .and(warp::header::optional::<String>("idempotency-key"))
+        .and(request_id())
         .and(with_api.clone())
         .and_then(handlers::create_order);
     let batch = warp::path!("orders" / "batch")
         .and(warp::post())
         .and(json_body(MAX_BATCH_BODY))
+        .and(request_id())
         .and(with_api.clone())
         .and_then(handlers::create_batch);
     let list = warp::path!("orders")
@@ -62,6 +147,7 @@ pub fn routes(
     let cancel = warp::path!("orders" / String / "status")
         .and(warp::put())
         .and(json_body(MAX_BODY))
+        .and(request_id())
         .and(with_api.clone())
         .and_then(handlers::set_status);
     let delete = warp::path!("orders" / String)
@@ -87,6 +173,17 @@ pub fn routes(
         .and(warp::get())
         .and(with_api.clone())
         .and_then(handlers::ready);
+    let stats = warp::path!("stats")
+        .and(warp::get())
+        .and(with_api.clone())
+        .and_then(handlers::stats);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_api.clone())
+        .and_then(handlers::metrics);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::with_header(openapi::DOCUMENT, "content-type", "application/json"));
 
     create
         .or(batch)
@@ -98,6 +195,9 @@ pub fn routes(
         .or(retry_dead_letter)
         .or(healthz)
         .or(readyz)
+        .or(stats)
+        .or(metrics)
+        .or(openapi)
         .recover(move |rejection| {
             let log = log.clone();
             async move { Ok::<_, Infallible>(recover(rejection, &log)) }
@@ -209,6 +309,7 @@ fn recover(rejection: Rejection, log: &Logger) -> warp::reply::Response {
         warn!(log, "unhandled rejection"; "rejection" => ?rejection);
         ApiError::InvalidQuery(format!("bad request: {rejection:?}"))
     };
+    metrics::counter!(crate::stats::REJECTED, "reason" => error.status_and_code().1).increment(1);
     error.into_response()
 }
 

@@ -1,0 +1,142 @@
+//! /stats, /metrics and request ids.
+
+mod common;
+
+use common::TestApp;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Counter and gauge values of a Prometheus text exposition, by series (name and labels).
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_agree_with_the_database() {
+    let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", "t")]).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(app.accept_order(&format!("stats-{i}")).await);
+    }
+    app.wait_for("12 completed", Duration::from_secs(10), || async {
+        app.count_status("completed").await == 12
+    })
+    .await;
+    // Other statuses too: a deleted order, and bad requests.
+    let deleted = app
+        .http
+        .delete(app.url(&format!("/orders/{}", ids[0])))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let bad = app
+        .post_order(&json!({"customer_id": "", "items": ["a"], "total": 1}))
+        .await;
+    assert_eq!(bad.status(), 422);
+
+    let stats: Value = app
+        .http
+        .get(app.url("/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actual: HashMap<String, i64> = app
+        .db
+        .query("SELECT status, count(*) FROM orders GROUP BY status", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for status in ["queued", "processing", "completed", "failed", "cancelled"] {
+        assert_eq!(
+            stats["orders"][status].as_i64().unwrap(),
+            actual.get(status).copied().unwrap_or(0),
+            "{status} in {stats}"
+        );
+    }
+    assert_eq!(stats["orders"]["total"], 11);
+    assert_eq!(stats["queue_depth"], 0);
+    assert_eq!(stats["in_flight"], 0);
+    assert_eq!(stats["live_workers"], 1);
+    assert_eq!(stats["completed_last_minute"], 11);
+    assert!(stats["processing_ms"]["p99"].as_f64().unwrap() >= 0.0);
+    assert!(stats["end_to_end_ms"]["p50"].as_f64().unwrap() >= 0.0);
+
+    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = parse_metrics(&response.text().await.unwrap());
+    assert_eq!(metrics["orders_accepted_total"], 12.0);
+    assert_eq!(metrics["orders_completed_total"], 12.0);
+    assert_eq!(metrics["notifications_sent_total"], 12.0);
+    assert_eq!(
+        metrics["orders_rejected_total{reason=\"invalid_field\"}"],
+        1.0
+    );
+    assert_eq!(metrics["orders_live_workers"], 1.0);
+    assert_eq!(metrics["orders_queue_depth"], 0.0);
+    assert_eq!(metrics["order_end_to_end_seconds_count"], 12.0);
+    assert!(metrics
+        .keys()
+        .any(|k| k.starts_with("http_request_duration_seconds_bucket{")));
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
+    let channel = format!("test.completed.{}", uuid::Uuid::new_v4().simple());
+    let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_EVENT_CHANNEL", &channel)]).await;
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&channel).await.unwrap();
+
+    let response = app
+        .http
+        .post(app.url("/orders"))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-abc-123");
+    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
+        .unwrap();
+    assert_eq!(event["request_id"], "req-abc-123");
+
+    // Generated when absent or invalid, on errors too.
+    let generated = app.http.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(generated.status(), 404);
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!id.is_empty());
+    let replaced = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "has space")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(replaced.headers()["x-request-id"], "has space");
+    app.cleanup().await;
+}

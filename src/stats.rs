@@ -58,9 +58,10 @@ pub struct Stats {
     pub orders: Counts,
     pub processing_ms: Timing,
     pub end_to_end_ms: Timing,
+    /// Queue depth, in flight, scheduled retries, dead letters, live workers, completions in
+    /// the last minute (per-second counters in Redis).
     #[serde(flatten)]
     pub queue: QueueGauges,
-    pub completed_last_minute: i64,
     /// How many recent completions the timings cover.
     pub window: i64,
 }
@@ -105,7 +106,6 @@ pub async fn collect(queue: &Queue, store: &Store) -> Result<Stats, StatsError> 
         processing_ms: db.processing_ms,
         end_to_end_ms: db.end_to_end_ms,
         queue,
-        completed_last_minute: db.completed_last_minute,
         window: STATS_WINDOW,
     })
 }

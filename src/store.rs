@@ -125,7 +125,6 @@ pub struct OrderStats {
     pub counts: HashMap<String, i64>,
     pub processing_ms: Timing,
     pub end_to_end_ms: Timing,
-    pub completed_last_minute: i64,
 }
 
 /// How many recent completions the timings of `GET /stats` cover.
@@ -250,12 +249,10 @@ impl Store {
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY p),
                         avg(e)::float8, percentile_cont(0.5) WITHIN GROUP (ORDER BY e),
                         percentile_cont(0.95) WITHIN GROUP (ORDER BY e),
-                        percentile_cont(0.99) WITHIN GROUP (ORDER BY e),
-                        count(*) FILTER (WHERE completed_at > now() - interval '1 minute')
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY e)
                  FROM (
                     SELECT extract(epoch FROM completed_at - processing_started_at)::float8 * 1000 AS p,
-                           extract(epoch FROM completed_at - accepted_at)::float8 * 1000 AS e,
-                           completed_at
+                           extract(epoch FROM completed_at - accepted_at)::float8 * 1000 AS e
                     FROM orders WHERE status = 'completed'
                     ORDER BY completed_at DESC LIMIT $1
                  ) recent",
@@ -280,7 +277,6 @@ impl Store {
                 p95: t.get(6),
                 p99: t.get(7),
             },
-            completed_last_minute: t.get(8),
         })
     }
 

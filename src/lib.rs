@@ -65,6 +65,30 @@ impl Roles {
     }
 }
 
+/// Which roles of this process are running, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct RoleStatus {
+    pub configured: std::sync::OnceLock<Roles>,
+    pub worker: std::sync::atomic::AtomicBool,
+    pub notifier: std::sync::atomic::AtomicBool,
+}
+
+/// Marks a role running for as long as it lives (a panic unwinds through it too).
+struct RoleGuard<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> RoleGuard<'a> {
+    fn mark(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        RoleGuard(flag)
+    }
+}
+
+impl Drop for RoleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -112,6 +136,8 @@ pub async fn start(
     let queue = queue::Queue::connect(config).await?;
     let mut set = JoinSet::new();
     let mut addr = None;
+    let status = Arc::new(RoleStatus::default());
+    let _ = status.configured.set(roles);
     if roles.api {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -130,6 +156,7 @@ pub async fn start(
             store: store.clone(),
             admin_token: config.admin_token().map(str::to_string),
             max_queue_depth: config.max_queue_depth,
+            roles: status.clone(),
             log: log.new(slog::o!("role" => "api")),
         });
         let shutdown = shutdown.clone();
@@ -146,7 +173,9 @@ pub async fn start(
             shutdown.clone(),
             log.clone(),
         );
+        let status = status.clone();
         set.spawn(async move {
+            let _running = RoleGuard::mark(&status.worker);
             worker::run(&config, queue, store, shutdown, log).await;
             "worker"
         });
@@ -160,7 +189,9 @@ pub async fn start(
             shutdown.clone(),
             log.clone(),
         );
+        let status = status.clone();
         set.spawn(async move {
+            let _running = RoleGuard::mark(&status.notifier);
             notifier.await;
             "notifier"
         });

@@ -414,11 +414,28 @@ pub async fn ready(api: Arc<Api>) -> Result<Response, Rejection> {
         Ok(false) => "migrations not applied".to_string(),
         Err(e) => e.to_string(),
     };
-    let ready = redis == "ok" && postgres == "ok";
+    let configured = api
+        .roles
+        .configured
+        .get()
+        .copied()
+        .unwrap_or(crate::Roles::ALL);
+    let role = |on: bool, flag: &std::sync::atomic::AtomicBool| match (
+        on,
+        flag.load(std::sync::atomic::Ordering::Relaxed),
+    ) {
+        (false, _) => "off",
+        (true, true) => "running",
+        (true, false) => "stopped",
+    };
+    let worker = role(configured.worker, &api.roles.worker);
+    let notifier = role(configured.notifier, &api.roles.notifier);
+    let ready = redis == "ok" && postgres == "ok" && worker != "stopped" && notifier != "stopped";
     let body = json(&serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "redis": redis,
         "postgres": postgres,
+        "roles": {"api": "running", "worker": worker, "notifier": notifier},
     }));
     let status = if ready {
         StatusCode::OK

@@ -303,6 +303,12 @@ impl Store {
     /// go on, the attempt number that fences this delivery's later updates; orders already final
     /// (a duplicate or stale delivery, or an order cancelled while queued) are left out.
     /// The order ids must be distinct.
+    ///
+    /// This commit does not wait for its WAL flush (`synchronous_commit` off for this one
+    /// statement): until the order is acknowledged its truth is the worker's processing list in
+    /// Redis, and the completion's commit, which does wait, flushes this one with it. A crash of
+    /// PostgreSQL before then can only undo the `processing` row, which the redelivery writes
+    /// again.
     pub async fn begin_processing(&self, jobs: &[&Job]) -> Result<HashMap<Uuid, i32>, StoreError> {
         let mut ids = Vec::with_capacity(jobs.len());
         let mut customers = Vec::with_capacity(jobs.len());
@@ -341,8 +347,10 @@ impl Store {
                     FROM unnest($5::uuid[], $6::int4[], $7::text[]) AS t(order_id, position, item)
                     WHERE t.order_id IN (SELECT order_id FROM o WHERE inserted)
                     ON CONFLICT DO NOTHING
+                 ), lazy AS (
+                    SELECT set_config('synchronous_commit', 'off', true)
                  )
-                 SELECT order_id, attempts FROM o",
+                 SELECT order_id, attempts FROM o, lazy",
             )
             .await?;
         let rows = client

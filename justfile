@@ -16,6 +16,10 @@ test: services
     cargo clippy --all-targets --locked -- -D warnings
     cargo nextest run --locked --no-fail-fast
 
+# Contract fuzzing: schemathesis against the running service and its OpenAPI document.
+contract: services
+    scripts/contract.sh
+
 # Make sure Redis (append-only file on) and PostgreSQL answer, installing them if missing.
 services:
     scripts/services.sh
@@ -32,3 +36,11 @@ load *ARGS:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings
+
+# Benchmarks: ingest vs a no-Redis baseline, drain, steady, realistic, idle. Writes bench-results/.
+bench: services
+    scripts/bench.sh
+
+# The fault-injection suite: private Redis and PostgreSQL, the real binary, faults on purpose.
+chaos: services
+    cargo nextest run --locked --test chaos --no-capture

@@ -20,11 +20,12 @@ pub fn logger(config: &Config) -> (Logger, slog_async::AsyncGuard) {
                 .fuse(),
         ),
     };
-    let (drain, guard) = slog_async::Async::new(drain.filter_level(level).fuse())
+    let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(65_536)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .build_with_guard();
-    (Logger::root(drain.fuse(), o!()), guard)
+    // The level filter goes in front of the channel, so a line below the level costs nothing.
+    (Logger::root(drain.filter_level(level).fuse(), o!()), guard)
 }
 
 fn parse_level(name: &str) -> Level {

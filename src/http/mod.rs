@@ -85,7 +85,8 @@ pub fn routes(
                 let route = route_of(path.as_str());
                 let elapsed = start.elapsed();
                 metrics::histogram!(crate::stats::HTTP_DURATION,
-                    "route" => route, "method" => method.to_string(), "status" => status.to_string())
+                    "route" => route, "method" => method_label(&method),
+                    "status" => status_label(response.status()))
                 .record(elapsed.as_secs_f64());
                 let id = response.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
                 let line = (method.as_str(), path.as_str(), status, elapsed.as_micros() as u64);
@@ -101,21 +102,66 @@ pub fn routes(
 
 /// The route template of a path, for metric labels (ids would make one series per order).
 fn route_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["orders"] => "/orders",
-        ["orders", "batch"] => "/orders/batch",
-        ["orders", _] => "/orders/{id}",
-        ["orders", _, "status"] => "/orders/{id}/status",
-        ["dead-letters"] => "/dead-letters",
-        ["dead-letters", _, "retry"] => "/dead-letters/{id}/retry",
-        ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["stats"] => "/stats",
-        ["metrics"] => "/metrics",
-        ["openapi.json"] => "/openapi.json",
+    let mut segments = path.trim_matches('/').split('/');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some("orders"), None, _, _) => "/orders",
+        (Some("orders"), Some("batch"), None, _) => "/orders/batch",
+        (Some("orders"), Some(_), None, _) => "/orders/{id}",
+        (Some("orders"), Some(_), Some("status"), None) => "/orders/{id}/status",
+        (Some("dead-letters"), None, _, _) => "/dead-letters",
+        (Some("dead-letters"), Some(_), Some("retry"), None) => "/dead-letters/{id}/retry",
+        (Some("healthz"), None, _, _) => "/healthz",
+        (Some("readyz"), None, _, _) => "/readyz",
+        (Some("stats"), None, _, _) => "/stats",
+        (Some("metrics"), None, _, _) => "/metrics",
+        (Some("openapi.json"), None, _, _) => "/openapi.json",
         _ => "other",
     }
+}
+
+/// A method as a static label (no allocation per request).
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A status as a static label (no allocation per request).
+fn status_label(status: warp::http::StatusCode) -> &'static str {
+    status
+        .canonical_reason()
+        .map_or("other", |_| match status.as_u16() {
+            200 => "200",
+            202 => "202",
+            204 => "204",
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            404 => "404",
+            405 => "405",
+            409 => "409",
+            411 => "411",
+            413 => "413",
+            415 => "415",
+            422 => "422",
+            429 => "429",
+            500 => "500",
+            503 => "503",
+            _ => "other",
+        })
 }
 
 fn api_routes(
@@ -322,4 +368,26 @@ pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: c
         .graceful(async move { shutdown.cancelled().await })
         .run()
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_labels_are_route_templates() {
+        assert_eq!(route_of("/orders"), "/orders");
+        assert_eq!(route_of("/orders/"), "/orders");
+        assert_eq!(route_of("/orders/batch"), "/orders/batch");
+        assert_eq!(route_of("/orders/0193-abc"), "/orders/{id}");
+        assert_eq!(route_of("/orders/x/status"), "/orders/{id}/status");
+        assert_eq!(route_of("/orders/x/status/y"), "other");
+        assert_eq!(
+            route_of("/dead-letters/x/retry"),
+            "/dead-letters/{id}/retry"
+        );
+        assert_eq!(route_of("/nope"), "other");
+        assert_eq!(status_label(warp::http::StatusCode::ACCEPTED), "202");
+        assert_eq!(method_label(&warp::http::Method::PUT), "PUT");
+    }
 }

@@ -314,12 +314,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Orders waiting on the queue.
-    pub async fn depth(&self) -> Result<u64, QueueError> {
-        let mut conn = self.conn.clone();
-        Ok(conn.llen(self.keys.queue()).await?)
-    }
-
     /// Puts accepted orders on the queue, all or none, in one round trip (a Lua script): refused
     /// when the queue would grow past `max_depth` (0: no limit), or, with an idempotency key,
     /// answered with the record of the earlier request that used the key.
@@ -446,27 +440,6 @@ impl Queue {
                 .expire(&key, 120)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Publishes the order's event (if any) and drops it from the processing list and the
-    /// pending hash, in one atomic round trip.
-    pub async fn acknowledge(
-        &self,
-        processing: &str,
-        payload: &[u8],
-        order_id: Uuid,
-        event: Option<(&str, &str)>,
-    ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some((channel, message)) = event {
-            pipe.publish(channel, message).ignore();
-        }
-        pipe.lrem(processing, -1, payload).ignore();
-        pipe.hdel(&self.keys.pending, order_id.to_string()).ignore();
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())

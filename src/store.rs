@@ -390,15 +390,27 @@ impl Store {
     /// Marks an order failed (it exhausted its attempts), creating its row if no worker stored
     /// it. Returns whether this call made it final.
     pub async fn fail(&self, job: &Job, error: &str) -> Result<bool, StoreError> {
+        self.finalize(job, Status::Failed, Some(error)).await
+    }
+
+    /// Makes a `queued` or `processing` order final (failed or cancelled), creating its row with
+    /// its items when no worker stored it yet. Returns whether this call made it final.
+    async fn finalize(
+        &self,
+        job: &Job,
+        status: Status,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
                 "WITH o AS (
                     INSERT INTO orders (order_id, customer_id, total, status, attempts,
                                         accepted_at, last_error)
-                    VALUES ($1, $2, $3::int8 / 100.0, 'failed', 0, $4, $6)
+                    VALUES ($1, $2, $3::int8 / 100.0, $6, 0, $4, $7)
                     ON CONFLICT (order_id) DO UPDATE
-                        SET status = 'failed', last_error = $6, updated_at = now()
+                        SET status = $6, last_error = coalesce($7, orders.last_error),
+                            updated_at = now()
                         WHERE orders.status IN ('queued', 'processing')
                     RETURNING (xmax = 0) AS inserted
                  ), i AS (
@@ -420,6 +432,7 @@ impl Store {
                     &job.total.cents(),
                     &job.accepted_at,
                     &job.items,
+                    &status.as_str(),
                     &error,
                 ],
             )
@@ -455,50 +468,24 @@ impl Store {
         order_id: Uuid,
         queued: Option<&Job>,
     ) -> Result<CancelOutcome, StoreError> {
-        let client = self.pool.get().await?;
         let changed = match queued {
-            Some(job) => {
-                client
-                    .execute(
-                        "WITH o AS (
-                            INSERT INTO orders (order_id, customer_id, total, status,
-                                                accepted_at)
-                            VALUES ($1, $2, $3::int8 / 100.0, 'cancelled', $4)
-                            ON CONFLICT (order_id) DO UPDATE
-                                SET status = 'cancelled', updated_at = now()
-                                WHERE orders.status IN ('queued', 'processing')
-                            RETURNING (xmax = 0) AS inserted
-                         ), i AS (
-                            INSERT INTO order_items (order_id, position, item)
-                            SELECT $1, t.position, t.item
-                            FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
-                            WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
-                            ON CONFLICT DO NOTHING
-                         )
-                         SELECT 1 FROM o",
-                        &[
-                            &job.order_id,
-                            &job.customer_id,
-                            &job.total.cents(),
-                            &job.accepted_at,
-                            &job.items,
-                        ],
-                    )
-                    .await?
-            }
+            Some(job) => self.finalize(job, Status::Cancelled, None).await?,
             None => {
-                client
+                let client = self.pool.get().await?;
+                let n = client
                     .execute(
                         "UPDATE orders SET status = 'cancelled', updated_at = now()
                          WHERE order_id = $1 AND status IN ('queued', 'processing')",
                         &[&order_id],
                     )
-                    .await?
+                    .await?;
+                n > 0
             }
         };
-        if changed > 0 {
+        if changed {
             return Ok(CancelOutcome::Cancelled);
         }
+        let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT status FROM orders WHERE order_id = $1",

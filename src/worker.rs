@@ -563,9 +563,14 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
         Ok(true) => {}
         Ok(false) => {
             info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %order_id);
+            let ack = [Ack {
+                payload,
+                order_id,
+                event: None,
+            }];
             until_done(ctx, "acknowledge", || {
                 ctx.queue
-                    .acknowledge(&ctx.processing, payload, order_id, None)
+                    .acknowledge_all(&ctx.processing, &ctx.channel, &ack)
             })
             .await;
             return;

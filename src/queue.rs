@@ -168,6 +168,30 @@ return {'ok'}
     std::sync::OnceLock::new(),
 );
 
+/// Acknowledges orders, once per acknowledgement id. KEYS: processing list, pending hash, this
+/// second's completion counter, the acknowledgement's marker. ARGV: channel, then (payload,
+/// order id, event or "") for each order.
+static ACKNOWLEDGE: Lua = Lua(
+    r"
+if not redis.call('SET', KEYS[4], 1, 'NX', 'EX', 600) then return -1 end
+local published = 0
+for i = 2, #ARGV, 3 do
+  redis.call('LREM', KEYS[1], -1, ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i + 1])
+  if ARGV[i + 2] ~= '' then
+    redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
+    published = published + 1
+  end
+end
+if published > 0 then
+  redis.call('INCRBY', KEYS[3], published)
+  redis.call('EXPIRE', KEYS[3], 120)
+end
+return published
+",
+    std::sync::OnceLock::new(),
+);
+
 /// Claims up to ARGV[1] more orders without blocking. KEYS: queue, processing list.
 static CLAIM_MORE: Lua = Lua(
     r"
@@ -409,39 +433,36 @@ impl Queue {
             .await?)
     }
 
-    /// Publishes each order's event (if any) and drops the orders from the processing list and
-    /// the pending hash, all in one atomic round trip.
+    /// Drops the orders from the processing list and the pending hash and publishes the event of
+    /// each, all in one atomic round trip. `ack_id` names this acknowledgement: retried after a
+    /// lost reply (Redis restarted), it does nothing the second time, so no event goes out twice.
     pub async fn acknowledge_all(
         &self,
         processing: &str,
         channel: &str,
         acks: &[Ack<'_>],
+        ack_id: &str,
     ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for ack in acks {
-            if let Some(event) = &ack.event {
-                pipe.publish(channel, event).ignore();
-            }
-            pipe.lrem(processing, -1, ack.payload).ignore();
-        }
-        let ids: Vec<String> = acks.iter().map(|a| a.order_id.to_string()).collect();
-        pipe.hdel(&self.keys.pending, ids).ignore();
         // Completions per second, for "completed in the last minute" without a table scan.
-        let completed = acks.iter().filter(|a| a.event.is_some()).count();
-        if completed > 0 {
-            let second = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let key = format!("{}completed:{second}", self.keys.tag);
-            pipe.incr(&key, completed)
-                .ignore()
-                .expire(&key, 120)
-                .ignore();
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let script = ACKNOWLEDGE.script();
+        let mut invocation = script.key(processing);
+        invocation
+            .key(&self.keys.pending)
+            .key(format!("{}completed:{second}", self.keys.tag))
+            .key(format!("{}ack:{ack_id}", self.keys.tag))
+            .arg(channel);
+        for ack in acks {
+            invocation
+                .arg(ack.payload)
+                .arg(ack.order_id.to_string())
+                .arg(ack.event.as_deref().unwrap_or(""));
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        invocation.invoke_async::<i64>(&mut conn).await?;
         Ok(())
     }
 

@@ -365,13 +365,14 @@ impl Store {
     }
 
     /// Marks orders completed if each is still `processing` under its attempt, in one
-    /// statement. Returns the completion time of those it completed; the others were cancelled or
-    /// redelivered meanwhile.
+    /// statement. Returns the completion time of those it completed, by order and attempt (two
+    /// deliveries of one order can be in one batch); the others were cancelled or redelivered
+    /// meanwhile.
     pub async fn complete(
         &self,
         ids: &[Uuid],
         attempts: &[i32],
-    ) -> Result<HashMap<Uuid, OffsetDateTime>, StoreError> {
+    ) -> Result<HashMap<(Uuid, i32), OffsetDateTime>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
@@ -380,11 +381,14 @@ impl Store {
                  FROM unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
                  WHERE o.order_id = t.order_id AND o.status = 'processing'
                    AND o.attempts = t.attempts
-                 RETURNING o.order_id, o.completed_at",
+                 RETURNING o.order_id, o.attempts, o.completed_at",
             )
             .await?;
         let rows = client.query(&stmt, &[&ids, &attempts]).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
     }
 
     /// Marks an order failed (it exhausted its attempts), creating its row if no worker stored

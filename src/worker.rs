@@ -48,6 +48,8 @@ struct Ctx {
 const BATCH: usize = 256;
 /// Completion batches under way at once.
 const COMPLETION_LANES: usize = 4;
+/// How long a completion under way may go on after the shutdown deadline.
+const COMPLETION_GRACE: Duration = Duration::from_secs(5);
 
 /// An order this process holds: its payload as claimed and its in-flight slot.
 struct Claimed {
@@ -370,11 +372,7 @@ async fn start_batch(
                 event: None,
             })
             .collect();
-        until_done(ctx, "acknowledge", || {
-            ctx.queue
-                .acknowledge_all(&ctx.processing, &ctx.channel, &acks)
-        })
-        .await;
+        acknowledge(ctx, &acks).await;
     }
 }
 
@@ -402,9 +400,15 @@ async fn completer(
         }
         let (ctx, abort) = (ctx.clone(), abort.clone());
         tasks.spawn(async move {
+            // A completion that has begun runs on past the shutdown deadline, for a while: once
+            // its commit is made, stopping before the publish would lose the event.
+            let grace = async {
+                abort.cancelled().await;
+                tokio::time::sleep(COMPLETION_GRACE).await;
+            };
             tokio::select! {
                 _ = complete_batch(&ctx, batch) => {}
-                _ = abort.cancelled() => {}
+                _ = grace => {}
             }
             drop(lane);
         });
@@ -436,20 +440,16 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
             payload: &s.claimed.payload,
             order_id: s.job.order_id,
             event: completed
-                .get(&s.job.order_id)
+                .get(&(s.job.order_id, s.attempt))
                 .map(|at| Event::new(&s.job, Status::Completed, Some(*at)).to_json()),
         })
         .collect();
-    until_done(ctx, "acknowledge", || {
-        ctx.queue
-            .acknowledge_all(&ctx.processing, &ctx.channel, &acks)
-    })
-    .await;
+    acknowledge(ctx, &acks).await;
     metrics::counter!(stats::COMPLETED).increment(completed.len() as u64);
     for started in &batch {
         let order_id = started.job.order_id;
         let request_id = started.job.request_id.as_deref().unwrap_or("");
-        match completed.get(&order_id) {
+        match completed.get(&(order_id, started.attempt)) {
             Some(at) => {
                 metrics::histogram!(stats::PROCESSING)
                     .record(started.since.elapsed().as_secs_f64());
@@ -461,6 +461,17 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
                 "order_id" => %order_id, "request_id" => request_id),
         }
     }
+}
+
+/// Acknowledges orders (publishing their events), retrying until Redis takes it; the retries
+/// share one acknowledgement id, so a retry after a lost reply publishes nothing twice.
+async fn acknowledge(ctx: &Ctx, acks: &[Ack<'_>]) {
+    let ack_id = Uuid::new_v4().simple().to_string();
+    until_done(ctx, "acknowledge", || {
+        ctx.queue
+            .acknowledge_all(&ctx.processing, &ctx.channel, acks, &ack_id)
+    })
+    .await;
 }
 
 /// Moves a payload that can never be an order to the dead letters, never to be retried.
@@ -568,11 +579,7 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
                 order_id,
                 event: None,
             }];
-            until_done(ctx, "acknowledge", || {
-                ctx.queue
-                    .acknowledge_all(&ctx.processing, &ctx.channel, &ack)
-            })
-            .await;
+            acknowledge(ctx, &ack).await;
             return;
         }
         Err(e) => {

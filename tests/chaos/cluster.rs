@@ -1,0 +1,461 @@
+//! A private Redis and a private PostgreSQL for one scenario: free ports, data in temporary
+//! directories, logs under `target/chaos-logs/<scenario>/servers/`. Both can be killed and
+//! started again on the same port and data, and both are killed (and their data removed) when
+//! the [`Cluster`] is dropped, panic or not.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where PostgreSQL 15 is installed on Debian; `PG_BIN` overrides it.
+fn pg_bin(tool: &str) -> PathBuf {
+    let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    Path::new(&dir).join(tool)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked, which is good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A command for a long-running child that is killed with the test process even when the test
+/// process itself is killed from outside (a timeout) and no `Drop` runs: through
+/// `setpriv --pdeathsig KILL` (util-linux) when there is one; it execs the program, so the child's
+/// pid is the program's. (The signal follows the thread that started the child; the runtime's
+/// threads live as long as the test.)
+pub fn dying_with_us(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let setpriv = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+    });
+    if setpriv {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Sends a signal (`KILL`, `TERM`, `INT`, `QUIT`, `STOP`, `CONT`) to a process; whether it was
+/// sent. (Never panics: it is also used from `Drop`.)
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits for a child to exit, for up to `timeout`; `None` if it is still running.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "orders-chaos-{label}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Who PostgreSQL runs as: itself refuses to run as root, so a root test runs it as the
+/// `postgres` user (uid and gid), and owns its directories to that user.
+#[derive(Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+fn postgres_user() -> Option<RunAs> {
+    let id = |flag: &str, user: Option<&str>| -> Option<u32> {
+        let out = Command::new("id").arg(flag).args(user).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    if id("-u", None)? != 0 {
+        return None;
+    }
+    Some(RunAs {
+        uid: id("-u", Some("postgres")).expect("running as root needs a `postgres` user"),
+        gid: id("-g", Some("postgres")).expect("the gid of `postgres`"),
+    })
+}
+
+/// Opens a log file for appending (a restarted server adds to the same file).
+fn append(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open a log file")
+}
+
+/// How Redis syncs its append-only file.
+#[derive(Clone, Copy, Debug)]
+pub enum Fsync {
+    /// `appendfsync everysec`, what the project ships: writes answered in about the last second
+    /// can be lost (a crash of the machine; or a `kill -9` while a slow background fsync holds
+    /// the write back).
+    EverySec,
+    /// `appendfsync always`: every write is on disk before Redis answers.
+    Always,
+}
+
+/// A private `redis-server` with its append-only file on.
+pub struct RedisServer {
+    pub port: u16,
+    fsync: Fsync,
+    dir: TempDir,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    async fn start(log_dir: &Path, fsync: Fsync) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            fsync,
+            dir: TempDir::new("redis"),
+            log: log_dir.join("redis.log"),
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let log = append(&self.log);
+        let fsync = match self.fsync {
+            Fsync::EverySec => "everysec",
+            Fsync::Always => "always",
+        };
+        let child = dying_with_us("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", fsync, "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until the server answers PING (after loading its append-only file).
+    async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut conn) = self.try_connect().await {
+                let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server on {} did not answer in 20 s (see {})",
+                self.port,
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn try_connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// A fresh connection (the server may have restarted since the last one).
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.try_connect()
+            .await
+            .expect("connect to the private redis")
+    }
+
+    /// `kill -9`: no shutdown, no final fsync.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, from the same directory (and append-only file).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis is still running");
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A private PostgreSQL cluster (`initdb` + `postgres` as a child process) with the database
+/// `orders`.
+pub struct PostgresServer {
+    pub port: u16,
+    /// Holds `data/` (the cluster) and `socket/` (its Unix socket).
+    dir: TempDir,
+    run_as: Option<RunAs>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    async fn start(log_dir: &Path) -> PostgresServer {
+        let dir = TempDir::new("postgres");
+        let run_as = postgres_user();
+        std::fs::create_dir_all(dir.path().join("socket")).expect("socket dir");
+        if let Some(user) = run_as {
+            for path in [dir.path().to_path_buf(), dir.path().join("socket")] {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                    .expect("chown the postgres dirs");
+            }
+        }
+        let mut server = PostgresServer {
+            port: free_port(),
+            dir,
+            run_as,
+            log: log_dir.join("postgres.log"),
+            child: None,
+        };
+        let log = append(&server.log);
+        let mut initdb = server.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(server.data_dir())
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .arg("--no-sync")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let status = initdb.status().expect("run initdb");
+        assert!(
+            status.success(),
+            "initdb failed (see {})",
+            server.log.display()
+        );
+        server.spawn().await;
+        server
+            .connect("postgres")
+            .await
+            .expect("connect to the private postgres")
+            .batch_execute("CREATE DATABASE orders")
+            .await
+            .expect("create the database orders");
+        server
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A command for one of the PostgreSQL programs, as the `postgres` user when we are root.
+    fn command(&self, tool: &str) -> Command {
+        let mut command = dying_with_us(pg_bin(tool));
+        command.stdin(Stdio::null()).env("LC_ALL", "C");
+        if let Some(user) = self.run_as {
+            command.uid(user.uid).gid(user.gid);
+        }
+        command
+    }
+
+    async fn spawn(&mut self) {
+        let log = append(&self.log);
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.dir.path().join("socket"))
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+            ])
+            // Speed only; the outage scenario stops it cleanly, so nothing depends on fsync.
+            .args(["-c", "fsync=off"])
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        let start = Instant::now();
+        while self.connect("postgres").await.is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("postgres exited with {status} (see {})", self.log.display());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "postgres did not answer in 30 s (see {})",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The URL of a database on this server.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub async fn connect(
+        &self,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = self.url(database).parse()?;
+        config.connect_timeout(Duration::from_secs(2));
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Stops the server as `pg_ctl stop -m fast` would (SIGINT: roll back open transactions,
+    /// disconnect every client, shut down cleanly).
+    pub fn stop_fast(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            assert!(signal(child.id(), "INT"), "SIGINT to postgres");
+            if wait_child(&mut child, Duration::from_secs(20)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("postgres did not stop in 20 s");
+            }
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "postgres is still running");
+        self.spawn().await;
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Immediate shutdown: the postmaster takes its backends down with it.
+            signal(child.id(), "QUIT");
+            if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// One scenario's private Redis and PostgreSQL, and the directory its logs go to.
+pub struct Cluster {
+    pub scenario: String,
+    pub log_dir: PathBuf,
+    pub redis: RedisServer,
+    pub postgres: PostgresServer,
+}
+
+impl Cluster {
+    /// Starts both servers. Logs go to `target/chaos-logs/<scenario>/`; the previous run's move
+    /// to `<scenario>.previous/`, so that a rare failure survives one more run.
+    pub async fn start(scenario: &str, fsync: Fsync) -> Cluster {
+        let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-logs");
+        let log_dir = logs.join(scenario);
+        let previous = logs.join(format!("{scenario}.previous"));
+        let _ = std::fs::remove_dir_all(&previous);
+        let _ = std::fs::rename(&log_dir, &previous);
+        let servers = log_dir.join("servers");
+        std::fs::create_dir_all(&servers).expect("create the log dir");
+        let (redis, postgres) = tokio::join!(
+            RedisServer::start(&servers, fsync),
+            PostgresServer::start(&servers),
+        );
+        Cluster {
+            scenario: scenario.to_string(),
+            log_dir,
+            redis,
+            postgres,
+        }
+    }
+
+    /// What every `orders` process of this scenario gets in its environment.
+    pub fn env(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("DATABASE_URL".into(), self.postgres.url("orders")),
+            ("REDIS_URL".into(), self.redis.url()),
+            ("ORDERS_LOG_FORMAT".into(), "json".into()),
+            ("ORDERS_NOTIFIER_CATCH_UP_MS".into(), "500".into()),
+            ("ORDERS_LEASE_MS".into(), "1500".into()),
+            ("ORDERS_SHUTDOWN_TIMEOUT_MS".into(), "2000".into()),
+            ("ORDERS_DB_POOL_SIZE".into(), "8".into()),
+        ])
+    }
+
+    /// A fresh connection to the `orders` database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        self.postgres
+            .connect("orders")
+            .await
+            .expect("connect to the orders database")
+    }
+
+    /// A fresh connection to the private Redis.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.conn().await
+    }
+
+    /// A key under the service's default prefix, e.g. `queue` → `{orders}:queue`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{{orders}}:{name}")
+    }
+}

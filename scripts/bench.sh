@@ -123,9 +123,8 @@ stop_pid() {
 
 delete_redis_keys() {
     # The prefix is a hash tag: every key of the service is "{<prefix>}:...".
-    rcli --scan --pattern "{$PREFIX}:*" | while IFS= read -r key; do
-        rcli UNLINK "$key" >/dev/null
-    done
+    timeout 120 redis-cli -h "$HOST" -p "$REDIS_PORT" --scan --pattern "{$PREFIX}:*" \
+        | xargs -r -n 1000 timeout 10 redis-cli -h "$HOST" -p "$REDIS_PORT" UNLINK >/dev/null
 }
 
 cleanup() {

@@ -173,7 +173,7 @@ return {'ok'}
 /// order id, event or "") for each order.
 static ACKNOWLEDGE: Lua = Lua(
     r"
-if not redis.call('SET', KEYS[4], 1, 'NX', 'EX', 600) then return -1 end
+if not redis.call('SET', KEYS[4], 1, 'NX', 'EX', 120) then return -1 end
 local published = 0
 for i = 2, #ARGV, 3 do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
@@ -436,6 +436,7 @@ impl Queue {
     /// Drops the orders from the processing list and the pending hash and publishes the event of
     /// each, all in one atomic round trip. `ack_id` names this acknowledgement: retried after a
     /// lost reply (Redis restarted), it does nothing the second time, so no event goes out twice.
+    /// The id is remembered for 120 s (`{orders}:ack:<id>`, a few bytes per acknowledgement).
     pub async fn acknowledge_all(
         &self,
         processing: &str,

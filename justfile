@@ -10,11 +10,13 @@ default:
 run *ARGS: services
     cargo run --release --bin orders -- serve {{ARGS}}
 
-# Format check, clippy with warnings denied, and every test (needs Redis and PostgreSQL).
+# Format check, clippy with warnings denied, every test (unit, integration, the fault-injection
+# suite), and schemathesis against the OpenAPI document. Needs Redis and PostgreSQL.
 test: services
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings
     cargo nextest run --locked --no-fail-fast
+    scripts/contract.sh
 
 # Contract fuzzing: schemathesis against the running service and its OpenAPI document.
 contract: services

@@ -45,6 +45,17 @@ pub struct QueueGauges {
     pub completed_last_minute: u64,
 }
 
+/// What [`Queue::remove_queued`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Taken off the queue or the retry schedule.
+    Removed,
+    /// Accepted and claimed by a worker, which may not have stored it yet.
+    HeldByWorker,
+    /// Not waiting in Redis (stored, finished, or unknown).
+    NotQueued,
+}
+
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
 
@@ -253,14 +264,15 @@ return {redis.call('LLEN', KEYS[2]), in_flight, redis.call('ZCARD', KEYS[3]),
     std::sync::OnceLock::new(),
 );
 
-/// Takes a queued order off the queue and the retry schedule (admin delete).
+/// Takes a queued order off the queue and the retry schedule (admin delete). Returns 1 when it
+/// did, 2 when the order is accepted but held by a worker, 0 when it is not pending at all.
 /// KEYS: pending, queue, scheduled. ARGV: order id.
 static REMOVE_QUEUED: Lua = Lua(
     r"
 local payload = redis.call('HGET', KEYS[1], ARGV[1])
 if not payload then return 0 end
-redis.call('LREM', KEYS[2], 0, payload)
-redis.call('ZREM', KEYS[3], payload)
+local removed = redis.call('LREM', KEYS[2], 0, payload) + redis.call('ZREM', KEYS[3], payload)
+if removed == 0 then return 2 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 ",
@@ -379,10 +391,10 @@ impl Queue {
         Ok(payload.and_then(|p| Job::parse(&p).ok()))
     }
 
-    /// Takes a queued order off the queue (for an admin delete). Whether there was one.
-    pub async fn remove_queued(&self, order_id: Uuid) -> Result<bool, QueueError> {
+    /// Takes a queued order off the queue (for an admin delete).
+    pub async fn remove_queued(&self, order_id: Uuid) -> Result<Removal, QueueError> {
         let mut conn = self.conn.clone();
-        let removed: i64 = REMOVE_QUEUED
+        let outcome: i64 = REMOVE_QUEUED
             .script()
             .key(&self.keys.pending)
             .key(&self.keys.queue)
@@ -390,7 +402,11 @@ impl Queue {
             .arg(order_id.to_string())
             .invoke_async(&mut conn)
             .await?;
-        Ok(removed > 0)
+        Ok(match outcome {
+            1 => Removal::Removed,
+            2 => Removal::HeldByWorker,
+            _ => Removal::NotQueued,
+        })
     }
 
     /// A connection for one fetch loop's blocking pops. Drop it with

@@ -3,7 +3,7 @@
 use super::{Api, ApiError, MAX_BATCH};
 use crate::events::{Event, CANCELLED_CHANNEL};
 use crate::order::{Job, NewOrder, Status};
-use crate::queue::Enqueued;
+use crate::queue::{Enqueued, Removal};
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -170,6 +170,15 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
                 .ok_or_else(|| invalid("cursor", "cursor is not one this API returned"))?,
         ),
     };
+    // A customer id with a control character can match no stored order (they are refused on
+    // the way in), and PostgreSQL would refuse a NUL in the query: answer an empty page.
+    if params
+        .customer_id
+        .as_deref()
+        .is_some_and(|c| c.chars().any(char::is_control))
+    {
+        return Ok(json(&serde_json::json!({"orders": [], "next_cursor": null})).into_response());
+    }
     let query = ListQuery {
         status,
         customer_id: params.customer_id,
@@ -276,10 +285,19 @@ pub async fn delete_order(
 ) -> Result<Response, Rejection> {
     authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
     let order_id = parse_id(&id)?;
-    let from_queue = api.queue.remove_queued(order_id).await.map_err(reject)?;
+    let removal = api.queue.remove_queued(order_id).await.map_err(reject)?;
     let from_store = api.store.delete(order_id).await.map_err(reject)?;
-    if !(from_queue || from_store) {
-        return Err(reject(ApiError::NotFound(format!("no order {order_id}"))));
+    match (removal, from_store) {
+        (Removal::Removed, _) | (_, true) => {}
+        // Claimed but not stored yet: deleting now would let the worker store it afterwards.
+        (Removal::HeldByWorker, false) => {
+            return Err(reject(ApiError::Conflict(format!(
+                "order {order_id} is being taken by a worker; retry in a moment"
+            ))))
+        }
+        (Removal::NotQueued, false) => {
+            return Err(reject(ApiError::NotFound(format!("no order {order_id}"))))
+        }
     }
     info!(api.log, "order deleted"; "order_id" => %order_id);
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -83,6 +83,12 @@ pub fn routes(
                 }
                 let status = response.status().as_u16();
                 let route = route_of(path.as_str());
+                if status == 405 {
+                    if let Some(allow) = allowed_methods(route) {
+                        let allow = warp::http::HeaderValue::from_static(allow);
+                        response.headers_mut().insert(warp::http::header::ALLOW, allow);
+                    }
+                }
                 let elapsed = start.elapsed();
                 metrics::histogram!(crate::stats::HTTP_DURATION,
                     "route" => route, "method" => method_label(&method),
@@ -122,6 +128,34 @@ fn route_of(path: &str) -> &'static str {
         (Some("openapi.json"), None, _, _) => "/openapi.json",
         _ => "other",
     }
+}
+
+/// The methods a route answers, for the `Allow` header of a 405.
+fn allowed_methods(route: &str) -> Option<&'static str> {
+    Some(match route {
+        "/orders" => "GET, POST",
+        "/orders/batch" => "POST",
+        "/orders/{id}" => "GET, DELETE",
+        "/orders/{id}/status" => "PUT",
+        "/dead-letters" => "GET",
+        "/dead-letters/{id}/retry" => "POST",
+        "/healthz" | "/readyz" | "/stats" | "/metrics" | "/openapi.json" => "GET",
+        _ => return None,
+    })
+}
+
+/// The `{id}` of `/orders/{id}`: any one segment but `batch`, which is the batch route's (so
+/// `GET /orders/batch` is a 405, not an unknown order).
+fn order_id() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path::param::<String>()
+        .and(warp::path::end())
+        .and_then(|id: String| async move {
+            if id == "batch" {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(id)
+            }
+        })
 }
 
 /// A method as a static label (no allocation per request).
@@ -188,7 +222,8 @@ fn api_routes(
         .and(raw_query())
         .and(with_api.clone())
         .and_then(handlers::list_orders);
-    let get = warp::path!("orders" / String)
+    let get = warp::path("orders")
+        .and(order_id())
         .and(warp::get())
         .and(with_api.clone())
         .and_then(handlers::get_order);
@@ -198,7 +233,8 @@ fn api_routes(
         .and(request_id())
         .and(with_api.clone())
         .and_then(handlers::set_status);
-    let delete = warp::path!("orders" / String)
+    let delete = warp::path("orders")
+        .and(order_id())
         .and(warp::delete())
         .and(warp::header::optional::<String>("authorization"))
         .and(with_api.clone())

@@ -8,6 +8,7 @@
 #   steady     2,000 orders/s open loop for 20 s, zero delay, freshly started service.
 #   realistic  20,000 orders, 1000-3000 ms delay, ORDERS_MAX_IN_FLIGHT=5000; peak RSS.
 #   idle       RSS 3 s after start-up.
+#   stats      GET /stats with a million orders stored (inserted with SQL).
 #
 # Every scenario gets a fresh service process on a free port; a throw-away database
 # (orders_bench_<random>, dropped at the end) and a fresh Redis key prefix and event channel
@@ -356,6 +357,27 @@ IDLE_HWM=$(kib "$SVC_PID" VmHWM)
 stop_service_and_reset
 IDLE_EXIT=$SVC_EXIT
 
+# --- stats -------------------------------------------------------------------------------------
+STATS_ROWS=${BENCH_STATS_ROWS:-1000000}
+say "stats: GET /stats with ${STATS_ROWS} orders stored (20 calls, after one warm-up)"
+psql_db "INSERT INTO orders (order_id, customer_id, total, status, attempts, accepted_at,
+                             processing_started_at, completed_at)
+         SELECT gen_random_uuid(), 'c' || (i % 1000), 10.00,
+                CASE WHEN i % 50 = 0 THEN 'cancelled' ELSE 'completed' END, 1,
+                now() - (i || ' ms')::interval - interval '2 s',
+                now() - (i || ' ms')::interval - interval '1 s',
+                CASE WHEN i % 50 = 0 THEN NULL ELSE now() - (i || ' ms')::interval END
+         FROM generate_series(1, $STATS_ROWS) i; ANALYZE orders;" >/dev/null
+start_service stats api
+curl -sf -o /dev/null "http://$HOST:$SVC_PORT/stats"
+STATS_TIMES=$(for _ in $(seq 20); do
+    curl -sf -o /dev/null -w '%{time_total}\n' "http://$HOST:$SVC_PORT/stats"
+done | awk '{ printf "%.2f\n", $1 * 1000 }')
+STATS_MEDIAN=$(sort -g <<<"$STATS_TIMES" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+STATS_MAX=$(sort -g <<<"$STATS_TIMES" | tail -n 1)
+STATS_TOTAL=$(curl -sf "http://$HOST:$SVC_PORT/stats" | jq -r .orders.total)
+stop_service_and_reset
+
 # --- the table ---------------------------------------------------------------------------------
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ingest_median() { # ingest_median baseline|service JQ
@@ -441,6 +463,8 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
         "$(mib "$R_PEAK")" "$(mib "$REALISTIC_HWM")" "$(mib "${REALISTIC_SAMPLED:-0}")" "$(verdict "$R_PEAK" "<=" 102400)"
     printf '| idle: RSS | **%s MiB** (VmRSS %d s after ready; VmHWM %s MiB) | ≤ 20 MiB | %s |\n' \
         "$(mib "$IDLE_RSS")" "$IDLE_SECONDS" "$(mib "$IDLE_HWM")" "$(verdict "$IDLE_RSS" "<=" 20480)"
+    printf '| stats: GET /stats with %s orders stored | median **%s ms**, max %s ms (20 calls; it counted %s orders) | < 50 ms | %s |\n' \
+        "$(num "$STATS_ROWS")" "$STATS_MEDIAN" "$STATS_MAX" "$(num "$STATS_TOTAL")" "$(verdict "$STATS_MEDIAN" "<=" 50)"
     printf '\nNotes:\n\n'
     printf -- '- ingest: `orders-load --count %s --concurrency %s --no-events`, baseline and service alternating (%s runs each, medians reported), after one %s-order warm-up run against each; the Redis keys are deleted between runs. Baseline: `orders-baseline` (benches/baseline.rs), the same body checks, `NewOrder::parse`, `Job::accept` and payload, no Redis.\n' \
         "$INGEST_COUNT" "$INGEST_CONCURRENCY" "$INGEST_RUNS" "$WARMUP_COUNT"

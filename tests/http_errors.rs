@@ -883,15 +883,7 @@ async fn unknown_routes_and_unknown_or_malformed_order_ids_are_404s() {
     }
     run_cases(&app, cases).await;
     // The existing order is untouched, still queued.
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{existing}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = app.get_json(&format!("/orders/{existing}")).await;
     assert_eq!(order["status"], "queued");
     assert_eq!(
         state(&app).await,
@@ -992,15 +984,7 @@ async fn status_changes_other_than_a_legal_cancel_are_refused() {
         .await;
     }
     assert_eq!(state(&app).await, queued, "refused changes changed nothing");
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = app.get_json(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "queued");
 
     // Cancelling works once; cancelling again is an illegal transition.
@@ -1683,16 +1667,7 @@ async fn unreachable_redis_is_a_503_that_changes_nothing() {
         ),
     ] {
         let what = format!("{method} {path} with Redis unreachable");
-        let response = with_timeout(&what, send(&app, method.clone(), &path, JSON, body)).await;
-        assert_eq!(
-            response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap()),
-            Some("1"),
-            "{what}: Retry-After"
-        );
-        check_error(response, 503, "unavailable", Field::Absent, &what).await;
+        expect_unavailable(&app, method, &path, body, &what).await;
     }
     let response = with_timeout("readyz", app.http.get(app.url("/readyz")).send())
         .await
@@ -1758,16 +1733,7 @@ async fn unreachable_postgres_is_a_503_that_changes_nothing() {
         ),
     ] {
         let what = format!("{method} {path} with PostgreSQL unreachable");
-        let response = with_timeout(&what, send(&app, method.clone(), &path, JSON, body)).await;
-        assert_eq!(
-            response
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap()),
-            Some("1"),
-            "{what}: Retry-After"
-        );
-        check_error(response, 503, "unavailable", Field::Absent, &what).await;
+        expect_unavailable(&app, method, &path, body, &what).await;
     }
     let response = with_timeout("readyz", app.http.get(app.url("/readyz")).send())
         .await
@@ -1809,4 +1775,19 @@ async fn unreachable_postgres_is_a_503_that_changes_nothing() {
     }
     assert!(ok, "the list answers again once PostgreSQL is back");
     app.cleanup().await;
+}
+
+/// Sends a request that needs a backing service that is down: a 503 `unavailable` with
+/// `Retry-After: 1`.
+async fn expect_unavailable(app: &TestApp, method: Method, path: &str, body: String, what: &str) {
+    let response = with_timeout(what, send(app, method, path, JSON, body)).await;
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "{what}: Retry-After"
+    );
+    check_error(response, 503, "unavailable", Field::Absent, what).await;
 }

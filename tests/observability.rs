@@ -44,15 +44,7 @@ async fn stats_and_metrics_agree_with_the_database() {
         .await;
     assert_eq!(bad.status(), 422);
 
-    let stats: Value = app
-        .http
-        .get(app.url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.get_json("/stats").await;
     let actual: HashMap<String, i64> = app
         .db
         .query("SELECT status, count(*) FROM orders GROUP BY status", &[])

@@ -49,15 +49,7 @@ async fn an_order_goes_from_post_to_completed_event_and_one_notification() {
     assert!(event["accepted_at"].is_string());
     assert!(event["completed_at"].is_string());
 
-    let order: Value = app
-        .http
-        .get(app.url(&location))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = app.get_json(&location).await;
     assert_eq!(order["status"], "completed");
     assert_eq!(order["total"], json!(123.45));
     assert_eq!(order["items"], json!(["sku-1", "sku-2"]));
@@ -104,15 +96,7 @@ async fn an_accepted_order_is_visible_as_queued_before_any_worker_has_it() {
         app.count_status("completed").await == 1
     })
     .await;
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = app.get_json(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "completed");
     worker.cleanup().await;
     app.cleanup().await;
@@ -165,15 +149,7 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
     let newest_first: Vec<String> = ids.iter().rev().map(|id| id.to_string()).collect();
     assert_eq!(seen, newest_first);
 
-    let odd: Value = app
-        .http
-        .get(app.url("/orders?customer_id=odd"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let odd: Value = app.get_json("/orders?customer_id=odd").await;
     assert_eq!(odd["orders"].as_array().unwrap().len(), 3);
     assert!(odd["orders"]
         .as_array()
@@ -181,15 +157,7 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
         .iter()
         .all(|o| o["customer_id"] == "odd"));
 
-    let queued: Value = app
-        .http
-        .get(app.url("/orders?status=queued"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queued: Value = app.get_json("/orders?status=queued").await;
     assert_eq!(queued["orders"], json!([]));
     assert_eq!(queued["next_cursor"], Value::Null);
     app.cleanup().await;

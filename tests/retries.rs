@@ -38,15 +38,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
         app.count_status("failed").await == 1
     })
     .await;
-    let order: Value = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order: Value = app.get_json(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "failed");
     assert!(order["last_error"].as_str().unwrap().contains("test_fault"));
 

@@ -175,6 +175,18 @@ impl TestApp {
         format!("{{{}}}:{name}", self.prefix)
     }
 
+    /// GETs `path` and returns its JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// POSTs a JSON value to /orders.
     pub async fn post_order(&self, body: &serde_json::Value) -> reqwest::Response {
         self.http

@@ -115,6 +115,21 @@ async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
         .unwrap();
     assert_eq!(event["request_id"], "req-abc-123");
 
+    // Without one, the id the response names is the one the order's event carries.
+    let response = app
+        .post_order(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
+        .await;
+    let generated_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
+        .unwrap();
+    assert_eq!(event["request_id"], generated_id.as_str());
+
     // Generated when absent or invalid, on errors too.
     let generated = app.http.get(app.url("/nope")).send().await.unwrap();
     assert_eq!(generated.status(), 404);

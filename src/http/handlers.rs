@@ -76,12 +76,12 @@ pub async fn create_order(
     };
     let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
     let location = format!("/orders/{order_id}");
-    Ok(with_header(
+    let reply = with_header(
         with_status(body, StatusCode::ACCEPTED),
         "location",
         location,
-    )
-    .into_response())
+    );
+    Ok(with_header(reply, super::REQUEST_ID, request_id).into_response())
 }
 
 /// `POST /orders/batch`: a JSON array of up to 1,000 orders; all valid and enqueued, or none.

@@ -16,6 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncCommands, AsyncConnectionConfig, Script};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// A Redis call failed (unreachable, timed out, or refused the command).
@@ -25,6 +26,9 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
+    /// The enqueue that carried this request's orders failed (shared by every request in it).
+    #[error("redis: {0}")]
+    Enqueue(String),
 }
 
 /// One order to acknowledge: its payload as claimed, and the event to publish, if any.
@@ -156,25 +160,43 @@ return moved
     std::sync::OnceLock::new(),
 );
 
-/// Accepts orders unless the queue is too deep or the idempotency key was used before.
-/// KEYS: queue, pending, [idempotency key]. ARGV: max depth (0: none), idempotency record, its
-/// TTL in seconds, then order id and payload pairs.
-/// Returns {"ok"}, {"full"} or {"seen", record}.
+/// Accepts the orders of several requests at once, each request all or none: refused when the
+/// queue would grow past its max depth, or answered with the record of the earlier request that
+/// used its idempotency key.
+/// KEYS: queue, pending, then the idempotency keys of the requests that have one.
+/// ARGV: the keys' TTL in seconds, then for each request: max depth (0: none), the index of its
+/// idempotency key in KEYS (0: none), the record to keep under it, its number of orders, and its
+/// (order id, payload) pairs. Returns, for each request, {"ok"}, {"full"} or {"seen", record}.
 static ENQUEUE: Lua = Lua(
     r"
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
-  if seen then return {'seen', seen} end
+local depth = redis.call('LLEN', KEYS[1])
+local out, fields, payloads = {}, {}, {}
+local i = 2
+while i <= #ARGV do
+  local max, key, record, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first = i + 4
+  i = first + 2 * n
+  local seen = key > 0 and redis.call('GET', KEYS[key])
+  if seen then
+    out[#out + 1] = {'seen', seen}
+  elseif max > 0 and depth + n > max then
+    out[#out + 1] = {'full'}
+  else
+    if key > 0 then redis.call('SET', KEYS[key], record, 'EX', ARGV[1]) end
+    for j = first, i - 1, 2 do
+      fields[#fields + 1] = ARGV[j]
+      fields[#fields + 1] = ARGV[j + 1]
+      payloads[#payloads + 1] = ARGV[j + 1]
+    end
+    depth = depth + n
+    out[#out + 1] = {'ok'}
+  end
 end
-local n = (#ARGV - 3) / 2
-local max = tonumber(ARGV[1])
-if max > 0 and redis.call('LLEN', KEYS[1]) + n > max then return {'full'} end
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
-for i = 4, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+if #payloads > 0 then
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('LPUSH', KEYS[1], unpack(payloads))
 end
-return {'ok'}
+return out
 ",
     std::sync::OnceLock::new(),
 );
@@ -288,6 +310,97 @@ impl Lua {
     }
 }
 
+/// Requests waiting for the enqueuer, at most; more wait to be let in.
+const ENQUEUER_BACKLOG: usize = 1024;
+/// Requests one enqueue script call takes, at most.
+const ENQUEUE_REQUESTS: usize = 128;
+/// Orders one enqueue script call takes, at most (a request is never split).
+const ENQUEUE_ORDERS: usize = 2000;
+
+/// One request's orders on their way to the queue.
+struct Submission {
+    /// (order id, payload) of each order.
+    orders: Vec<(String, String)>,
+    max_depth: u64,
+    /// The idempotency key (full Redis key) and the record to keep under it.
+    idempotency: Option<(String, String)>,
+    reply: oneshot::Sender<Result<Enqueued, QueueError>>,
+}
+
+/// The enqueuer: takes every request waiting and enqueues them in one script call, then the
+/// next lot, so under load a round trip and a script run carry many orders (the script's own
+/// cost was two thirds of Redis's time per order when each request ran it alone). Each request
+/// still succeeds or fails on its own, all its orders or none. Ends when every [`Queue`] clone
+/// is gone.
+async fn enqueue_together(
+    mut conn: ConnectionManager,
+    keys: Arc<Keys>,
+    mut submissions: mpsc::Receiver<Submission>,
+) {
+    let mut waiting = Vec::with_capacity(ENQUEUE_REQUESTS);
+    while submissions.recv_many(&mut waiting, ENQUEUE_REQUESTS).await > 0 {
+        let mut lot = Vec::with_capacity(waiting.len());
+        let mut orders = 0;
+        for submission in waiting.drain(..) {
+            if orders + submission.orders.len() > ENQUEUE_ORDERS && !lot.is_empty() {
+                enqueue_lot(&mut conn, &keys, std::mem::take(&mut lot)).await;
+                orders = 0;
+            }
+            orders += submission.orders.len();
+            lot.push(submission);
+        }
+        enqueue_lot(&mut conn, &keys, lot).await;
+    }
+}
+
+/// One script call for the requests of `lot`; answers each of them.
+async fn enqueue_lot(conn: &mut ConnectionManager, keys: &Keys, lot: Vec<Submission>) {
+    let script = ENQUEUE.script();
+    let mut invocation = script.key(&keys.queue);
+    invocation.key(&keys.pending).arg(IDEMPOTENCY_TTL_SECONDS);
+    let mut key_count = 2;
+    for submission in &lot {
+        invocation.arg(submission.max_depth);
+        match &submission.idempotency {
+            Some((key, record)) => {
+                key_count += 1;
+                invocation.key(key).arg(key_count).arg(record);
+            }
+            None => {
+                invocation.arg(0).arg("");
+            }
+        }
+        invocation.arg(submission.orders.len());
+        for (id, payload) in &submission.orders {
+            invocation.arg(id).arg(payload);
+        }
+    }
+    match invocation.invoke_async::<Vec<Vec<String>>>(conn).await {
+        Ok(replies) => {
+            let mut replies = replies.into_iter();
+            for submission in lot {
+                let reply = replies.next().unwrap_or_default();
+                let outcome = match reply.first().map(String::as_str) {
+                    Some("ok") => Ok(Enqueued::Accepted),
+                    Some("full") => Ok(Enqueued::QueueFull),
+                    Some("seen") => Ok(Enqueued::Seen(reply.get(1).cloned().unwrap_or_default())),
+                    _ => Err(QueueError::Enqueue(
+                        "unexpected reply from the enqueue script".into(),
+                    )),
+                };
+                let _ = submission.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            for submission in lot {
+                let _ = submission
+                    .reply
+                    .send(Err(QueueError::Enqueue(e.to_string())));
+            }
+        }
+    }
+}
+
 /// The Redis side of the service.
 #[derive(Clone)]
 pub struct Queue {
@@ -296,6 +409,8 @@ pub struct Queue {
     conn: ConnectionManager,
     /// Connections with no client-side response timeout, one per fetch loop, for BLMOVE.
     blocking: deadpool_redis::Pool,
+    /// To the enqueuer task, which puts the orders of concurrent requests on the queue together.
+    enqueuer: mpsc::Sender<Submission>,
     keys: Arc<Keys>,
     client: redis::Client,
 }
@@ -325,10 +440,14 @@ impl Queue {
             .map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Client, "redis pool", e.to_string()))
             })?;
+        let keys = Arc::new(Keys::new(&config.redis_prefix));
+        let (enqueuer, submissions) = mpsc::channel(ENQUEUER_BACKLOG);
+        tokio::spawn(enqueue_together(conn.clone(), keys.clone(), submissions));
         Ok(Queue {
             conn,
             blocking,
-            keys: Arc::new(Keys::new(&config.redis_prefix)),
+            enqueuer,
+            keys,
             client,
         })
     }
@@ -350,38 +469,33 @@ impl Queue {
         Ok(())
     }
 
-    /// Puts accepted orders on the queue, all or none, in one round trip (a Lua script): refused
-    /// when the queue would grow past `max_depth` (0: no limit), or, with an idempotency key,
-    /// answered with the record of the earlier request that used the key.
+    /// Puts accepted orders on the queue, all or none: refused when the queue would grow past
+    /// `max_depth` (0: no limit), or, with an idempotency key, answered with the record of the
+    /// earlier request that used the key. The orders of requests made at the same time go to
+    /// Redis together, in one script call (see [`enqueue_together`]).
     pub async fn enqueue(
         &self,
         jobs: &[Job],
         max_depth: u64,
         idempotency: Option<(&str, &str)>,
     ) -> Result<Enqueued, QueueError> {
-        let script = ENQUEUE.script();
-        let mut invocation = script.key(&self.keys.queue);
-        invocation.key(&self.keys.pending);
-        let (record, ttl) = match idempotency {
-            Some((key, record)) => {
-                invocation.key(self.keys.idempotency(key));
-                (record, IDEMPOTENCY_TTL_SECONDS)
-            }
-            None => ("", 0),
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission {
+            orders: jobs
+                .iter()
+                .map(|job| (job.order_id.to_string(), job.to_payload()))
+                .collect(),
+            max_depth,
+            idempotency: idempotency
+                .map(|(key, record)| (self.keys.idempotency(key), record.to_string())),
+            reply,
         };
-        invocation.arg(max_depth).arg(record).arg(ttl);
-        for job in jobs {
-            invocation
-                .arg(job.order_id.to_string())
-                .arg(job.to_payload());
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        Ok(match reply.first().map(String::as_str) {
-            Some("full") => Enqueued::QueueFull,
-            Some("seen") => Enqueued::Seen(reply.get(1).cloned().unwrap_or_default()),
-            _ => Enqueued::Accepted,
-        })
+        let stopped = || QueueError::Enqueue("the enqueuer stopped".into());
+        self.enqueuer
+            .send(submission)
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// An accepted order that no worker has acknowledged yet.

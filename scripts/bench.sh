@@ -6,7 +6,10 @@
 #              (the same handler without Redis, benches/baseline.rs), alternating, 3 runs each.
 #   drain      50,000 orders, zero processing delay, all roles in one process.
 #   steady     2,000 orders/s open loop for 20 s, zero delay, freshly started service.
-#   realistic  20,000 orders, 1000-3000 ms delay, ORDERS_MAX_IN_FLIGHT=5000; peak RSS.
+#   realistic  20,000 orders, 1000-3000 ms delay, ORDERS_MAX_IN_FLIGHT=5000; peak RSS. Judged on
+#              the sustained completion rate (10th to 90th percentile of completion times): over
+#              the whole run, 5,000 perfect slots would complete 20,000 such orders at about
+#              2,000/s (fill, then the tail of the last delays), so the whole-run rate is shown too.
 #   idle       RSS 3 s after start-up.
 #   stats      GET /stats with a million orders stored (inserted with SQL).
 #
@@ -411,7 +414,8 @@ S_P99=$(ingest_median service .http_latency_ms.p99)
 
 D_RATE=$(j drain .completion_rate)
 ST_P99=$(j steady .end_to_end_ms.p99)
-R_RATE=$(j realistic .completion_rate)
+R_RATE=$(j realistic .sustained_completion_rate)
+R_RATE_ALL=$(j realistic .completion_rate)
 R_PEAK=$(( REALISTIC_HWM > ${REALISTIC_SAMPLED:-0} ? REALISTIC_HWM : ${REALISTIC_SAMPLED:-0} ))
 
 clean() { # "accepted A, completed C, missing M, duplicated D, errors E, rejected R"
@@ -457,8 +461,8 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
         "$(j drain .end_to_end_ms.p50)" "$(j drain .end_to_end_ms.p99)" "$(j drain .end_to_end_ms.max)" "$(num "$(j drain .accept_rate)")"
     printf '| steady: end to end | p50 %s ms, **p99 %s ms**, max %s ms (%s) | p99 ≤ 10 ms | %s |\n' \
         "$(j steady .end_to_end_ms.p50)" "$ST_P99" "$(j steady .end_to_end_ms.max)" "$(clean steady)" "$(verdict "$ST_P99" "<=" 10)"
-    printf '| realistic: completion rate | **%s orders/s** (%s) | ≥ 2,250 orders/s | %s |\n' \
-        "$(num "$R_RATE")" "$(clean realistic)" "$(verdict "$R_RATE" ">=" 2250)"
+    printf '| realistic: completion rate, sustained | **%s orders/s** (10th to 90th percentile of completions; over the whole run, first request to last event: %s orders/s; %s) | ≥ 2,250 orders/s | %s |\n' \
+        "$(num "$R_RATE")" "$(num "$R_RATE_ALL")" "$(clean realistic)" "$(verdict "$R_RATE" ">=" 2250)"
     printf '| realistic: peak RSS | **%s MiB** (VmHWM %s MiB, max of 100 ms VmRSS samples %s MiB) | ≤ 100 MiB | %s |\n' \
         "$(mib "$R_PEAK")" "$(mib "$REALISTIC_HWM")" "$(mib "${REALISTIC_SAMPLED:-0}")" "$(verdict "$R_PEAK" "<=" 102400)"
     printf '| idle: RSS | **%s MiB** (VmRSS %d s after ready; VmHWM %s MiB) | ≤ 20 MiB | %s |\n' \
@@ -472,7 +476,7 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
         "$DRAIN_COUNT" "$DRAIN_BATCH" "$DRAIN_CONCURRENCY" "$DRAIN_ROWS"
     printf -- '- steady: `--rate %s --duration %s --concurrency %s`, open loop, latencies from the intended send time.\n' \
         "$STEADY_RATE" "$STEADY_SECONDS" "$STEADY_CONCURRENCY"
-    printf -- '- realistic: `--count %s --concurrency %s`, closed loop, `ORDERS_PROCESSING_DELAY_MS=1000-3000 ORDERS_MAX_IN_FLIGHT=%s`.\n' \
+    printf -- '- realistic: `--count %s --concurrency %s`, closed loop, `ORDERS_PROCESSING_DELAY_MS=1000-3000 ORDERS_MAX_IN_FLIGHT=%s`. The target (0.9 × in-flight ÷ mean delay) is a rate in full swing, so the verdict is on the sustained rate; the whole-run rate also counts the first second, before any order can finish, and the last orders'"'"' 1-3 s, which caps it near 2,000 orders/s for any service (a simulation of perfect slots: scripts/bench.sh header).\n' \
         "$REALISTIC_COUNT" "$REALISTIC_CONCURRENCY" "$REALISTIC_IN_FLIGHT"
     printf -- '- Every scenario ran a fresh service process (stopped with SIGTERM between scenarios; exit codes ingest %s, drain %s, steady %s, realistic %s, idle %s), with the Redis keys of its prefix deleted and the tables truncated in between. Peak RSS (VmHWM) of the other scenarios: ingest %s MiB, drain %s MiB, steady %s MiB.\n' \
         "$INGEST_SVC_EXIT" "$DRAIN_EXIT" "$STEADY_EXIT" "$REALISTIC_EXIT" "$IDLE_EXIT" \

@@ -262,6 +262,66 @@ async fn a_full_queue_answers_429_with_retry_after_and_enqueues_nothing() {
     app.cleanup().await;
 }
 
+/// Requests made at the same moment go to Redis in one script call; each must still be judged
+/// on its own: one key, one order, whatever else shares its call; the depth limit counts every
+/// order accepted before it in the same call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_each_judged_alone() {
+    let app = TestApp::spawn_with(
+        Roles::parse("api").unwrap(),
+        &[("ORDERS_MAX_QUEUE_DEPTH", "30")],
+    )
+    .await;
+    let body = json!({"customer_id": "same", "items": ["a"], "total": 5});
+    let keyed = (0..20).map(|_| {
+        app.http
+            .post(app.url("/orders"))
+            .header("idempotency-key", "shared")
+            .json(&body)
+            .send()
+    });
+    let plain = (0..40).map(|i| {
+        app.http
+            .post(app.url("/orders"))
+            .json(&json!({"customer_id": format!("c{i}"), "items": ["a"], "total": 1}))
+            .send()
+    });
+    let (keyed, plain) = tokio::join!(
+        futures_util::future::join_all(keyed),
+        futures_util::future::join_all(plain)
+    );
+    let mut ids = std::collections::HashSet::new();
+    let mut keyed_full = 0;
+    for response in keyed {
+        let response = response.unwrap();
+        match response.status().as_u16() {
+            202 => {
+                let reply: Value = response.json().await.unwrap();
+                ids.insert(reply["order_id"].as_str().unwrap().to_string());
+            }
+            429 => keyed_full += 1,
+            other => panic!("keyed request answered {other}"),
+        }
+    }
+    let mut plain_accepted = 0;
+    for response in plain {
+        match response.unwrap().status().as_u16() {
+            202 => plain_accepted += 1,
+            429 => {}
+            other => panic!("request answered {other}"),
+        }
+    }
+    // Every keyed request that got in names the same single order.
+    assert!(ids.len() <= 1, "one key made {} orders", ids.len());
+    let keyed_orders = ids.len();
+    assert!(keyed_orders == 1 || keyed_full == 20);
+    // Exactly the accepted orders are queued, and never more than the limit.
+    let queued = app.list_len("queue").await;
+    assert_eq!(queued, plain_accepted + keyed_orders);
+    assert_eq!(queued, 30, "the limit is filled exactly");
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_returns_the_orders_of_a_worker_whose_lease_expired() {
     let app = TestApp::spawn_with(Roles::ALL, &[("ORDERS_LEASE_MS", "500")]).await;

@@ -592,3 +592,22 @@ async fn main() -> ExitCode {
     let clean = report.missing == 0 && report.duplicated == 0 && report.transport_errors == 0;
     ExitCode::from(if clean { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sustained_rate_leaves_out_the_fill_and_the_tail() {
+        let start = Instant::now();
+        // 100 completions, one every 10 ms, then a straggler 5 s later.
+        let mut at: Vec<Instant> = (0..100)
+            .map(|i| start + Duration::from_millis(10 * i))
+            .collect();
+        at.push(start + Duration::from_secs(6));
+        at.reverse();
+        let rate = sustained_rate(&mut at);
+        assert!((rate - 100.0).abs() < 1.0, "{rate}");
+        assert_eq!(sustained_rate(&mut at[..5].to_vec()), 0.0);
+    }
+}

@@ -250,7 +250,7 @@ reset_state() {
     delete_redis_keys
     # order_counts (migration V2, when present) mirrors the orders table, so it goes too.
     if [[ $(psql_db "SELECT to_regclass('order_counts') IS NOT NULL") == t ]]; then
-        psql_db 'TRUNCATE orders, order_items, notifications, order_counts CASCADE'
+        psql_db 'TRUNCATE orders, order_items, notifications, notifications_due, order_counts CASCADE'
     else
         psql_db 'TRUNCATE orders, order_items, notifications CASCADE'
     fi

@@ -225,8 +225,8 @@ return published
     std::sync::OnceLock::new(),
 );
 
-/// Claims up to ARGV[1] more orders without blocking. KEYS: queue, processing list.
-static CLAIM_MORE: Lua = Lua(
+/// Claims up to ARGV[1] waiting orders without blocking. KEYS: queue, processing list.
+static CLAIM_WAITING: Lua = Lua(
     r"
 local claimed = {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -547,14 +547,18 @@ impl Queue {
         Ok(payload)
     }
 
-    /// Right after a claim: takes up to `n` more orders that are already waiting, in one round
-    /// trip, so a deep queue is drained in batches.
-    pub async fn claim_more(&self, processing: &str, n: usize) -> Result<Vec<Vec<u8>>, QueueError> {
+    /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,
+    /// so a deep queue is drained in batches; moved atomically like [`Queue::claim`].
+    pub async fn claim_waiting(
+        &self,
+        processing: &str,
+        n: usize,
+    ) -> Result<Vec<Vec<u8>>, QueueError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        Ok(CLAIM_MORE
+        Ok(CLAIM_WAITING
             .script()
             .key(&self.keys.queue)
             .key(processing)

@@ -7,7 +7,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
@@ -179,12 +178,13 @@ pub enum CancelOutcome {
 
 /// The PostgreSQL side of the service.
 ///
-/// The statements that find orders by a batch of ids (`complete`, `notify_once`) go by
-/// `query_typed`: unnamed, so planned for the table as it is at each call (about 0.2 ms), and
-/// sent with their parameters in one round trip. As prepared statements, their cached generic
-/// plan was made while `orders` was nearly empty and then kept: it scanned every completed order
-/// for each notification batch (220 ms per batch at 20,000 orders, seen with auto_explain).
-/// `begin_processing`, which only inserts, stays prepared: planning it costs 0.4 ms (pgbench).
+/// Every statement is prepared once per connection and runs on its generic plan
+/// (`plan_cache_mode=force_generic_plan`): planning was over half of PostgreSQL's time per order
+/// at small batches (pgbench: 0.25-0.4 ms per statement). With `enable_seqscan=off` the generic
+/// plans look orders up by their key however small the table was when they were made: a plan
+/// made on a nearly empty `orders` otherwise hash-joins a scan of the whole table, and keeps
+/// doing so at a million rows (seen with EXPLAIN EXECUTE). Every query of the service has an
+/// index to go by.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
@@ -198,10 +198,10 @@ impl Store {
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
         // random_page_cost 1.1, the usual value for data in memory or on SSDs (the default, 4, is
-        // for spinning disks): a batch of orders is then looked up by key, not by scanning the
-        // whole table (seen with auto_explain).
+        // for spinning disks); generic plans that never scan a whole table: see [`Store`].
         pg.options(format!(
-            "-c statement_timeout={} -c random_page_cost=1.1",
+            "-c statement_timeout={} -c random_page_cost=1.1 \
+             -c plan_cache_mode=force_generic_plan -c enable_seqscan=off",
             config.db_statement_timeout_ms
         ));
         pg.connect_timeout(Duration::from_secs(3));
@@ -375,11 +375,11 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Marks orders completed if each is still `processing` under its attempt, in one
-    /// statement. (`IS NOT DISTINCT FROM`, which is `=` for a status that is never null, is no
-    /// index condition: the orders are found by their key, never through the status index,
-    /// whose `processing` entries are mostly orders completed since the last vacuum. Found with
-    /// auto_explain; the same goes for [`Store::notify_once`].) Returns the completion time of those it completed, by order and attempt (two
+    /// Marks orders completed if each is still `processing` under its attempt, and makes their
+    /// notifications due, in one statement. (`IS NOT DISTINCT FROM`, which is `=` for a status
+    /// that is never null, is no index condition: the orders are found by their key, never
+    /// through the status index, whose `processing` entries are mostly orders completed since the
+    /// last vacuum.) Returns the completion time of those it completed, by order and attempt (two
     /// deliveries of one order can be in one batch); the others were cancelled or redelivered
     /// meanwhile.
     pub async fn complete(
@@ -388,17 +388,24 @@ impl Store {
         attempts: &[i32],
     ) -> Result<HashMap<(Uuid, i32), OffsetDateTime>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
-            .query_typed(
-                "UPDATE orders o
-                 SET status = 'completed', completed_at = now(), updated_at = now()
-                 FROM unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
-                 WHERE o.order_id = t.order_id AND o.attempts = t.attempts
-                   AND o.status IS NOT DISTINCT FROM 'processing'
-                 RETURNING o.order_id, o.attempts, o.completed_at",
-                &[(&ids, Type::UUID_ARRAY), (&attempts, Type::INT4_ARRAY)],
+        let stmt = client
+            .prepare_cached(
+                "WITH c AS (
+                    UPDATE orders o
+                    SET status = 'completed', completed_at = now(), updated_at = now()
+                    FROM unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
+                    WHERE o.order_id = t.order_id AND o.attempts = t.attempts
+                      AND o.status IS NOT DISTINCT FROM 'processing'
+                    RETURNING o.order_id, o.attempts, o.completed_at, o.customer_id
+                 ), due AS (
+                    INSERT INTO notifications_due (order_id, customer_id, due_at)
+                    SELECT order_id, customer_id, completed_at FROM c
+                    ON CONFLICT DO NOTHING
+                 )
+                 SELECT order_id, attempts, completed_at FROM c",
             )
             .await?;
+        let rows = client.query(&stmt, &[&ids, &attempts]).await?;
         Ok(rows
             .iter()
             .map(|r| ((r.get(0), r.get(1)), r.get(2)))
@@ -586,34 +593,32 @@ impl Store {
     }
 
     /// Records the notifications of completed orders and, inside the same transaction, runs
-    /// `send` for each order not notified before; returns how many it sent. A crash after `send`
-    /// and before the commit sends again later (at-least-once sending); a repeated event never
-    /// does. Orders that are not (or no longer) stored as completed are skipped.
+    /// `send` for each order whose notification was due; returns how many it sent. A crash after
+    /// `send` and before the commit sends again later (at-least-once sending); a repeated event
+    /// never does, since its due row is gone. Due rows of orders no longer stored as completed
+    /// (deleted meanwhile) are dropped without sending.
     pub async fn notify_once(
         &self,
         ids: &[Uuid],
         mut send: impl FnMut(Uuid, &str),
     ) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let rows = tx
-            .query_typed(
-                "WITH n AS (
-                    INSERT INTO notifications (order_id, customer_id)
-                    SELECT o.order_id, o.customer_id
-                    FROM unnest($1::uuid[]) AS t(order_id)
-                    JOIN orders o ON o.order_id = t.order_id
-                    WHERE o.status IS NOT DISTINCT FROM 'completed'
-                    ON CONFLICT (order_id) DO NOTHING
+        let stmt = client
+            .prepare_cached(
+                "WITH due AS (
+                    DELETE FROM notifications_due WHERE order_id = ANY($1::uuid[])
                     RETURNING order_id, customer_id
-                 ), u AS (
-                    UPDATE orders SET notified_at = now()
-                    WHERE order_id IN (SELECT order_id FROM n)
                  )
-                 SELECT order_id, customer_id FROM n",
-                &[(&ids, Type::UUID_ARRAY)],
+                 INSERT INTO notifications (order_id, customer_id)
+                 SELECT due.order_id, due.customer_id
+                 FROM due JOIN orders o ON o.order_id = due.order_id
+                 WHERE o.status IS NOT DISTINCT FROM 'completed'
+                 ON CONFLICT (order_id) DO NOTHING
+                 RETURNING order_id, customer_id",
             )
             .await?;
+        let tx = client.transaction().await?;
+        let rows = tx.query(&stmt, &[&ids]).await?;
         for row in &rows {
             send(row.get(0), row.get(1));
         }
@@ -621,24 +626,24 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Completed orders not notified yet that completed more than `grace` ago: their event was
-    /// missed (notifier down, Redis restarted, subscription dropped).
+    /// Orders whose notification has been due for more than `grace`: their event was missed
+    /// (notifier down, Redis restarted, subscription dropped). Only due rows are read, oldest
+    /// order first (ids are UUIDv7, in order of acceptance).
     pub async fn missed_notifications(
         &self,
         grace: Duration,
         limit: i64,
     ) -> Result<Vec<Uuid>, StoreError> {
         let client = self.pool.get().await?;
-        let grace_ms = grace.as_millis() as i64;
-        let rows = client
-            .query(
-                "SELECT order_id FROM orders
-                 WHERE status = 'completed' AND notified_at IS NULL
-                   AND completed_at < now() - make_interval(secs => $1::int8 / 1000.0)
-                 ORDER BY completed_at LIMIT $2",
-                &[&grace_ms, &limit],
+        let stmt = client
+            .prepare_cached(
+                "SELECT order_id FROM notifications_due
+                 WHERE due_at < now() - make_interval(secs => $1::int8 / 1000.0)
+                 ORDER BY order_id LIMIT $2",
             )
             .await?;
+        let grace_ms = grace.as_millis() as i64;
+        let rows = client.query(&stmt, &[&grace_ms, &limit]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

@@ -1,7 +1,13 @@
-//! The worker role: fetch loops claim orders from the queue (one blocking pop, then whatever else
-//! is already waiting, up to a batch), store each batch as `processing` in one statement, let
-//! each order sleep its simulated processing time, and hand it to the completer, which completes,
-//! publishes and acknowledges whatever has finished, again a batch per round trip.
+//! The worker role: fetch loops claim orders from the queue (whatever is waiting, up to a batch,
+//! in one round trip; a blocking pop when nothing is) and hand them to the starter, which stores
+//! what has been claimed as `processing`, a batch per statement; each order then sleeps its
+//! simulated processing time and goes to the completer, which completes, publishes and
+//! acknowledges whatever has finished, again a batch per round trip.
+//!
+//! The starter and the completer each run a few batches at once ("lanes") and take everything
+//! that arrived while their lanes were busy as the next batch: an idle service sends each order
+//! on at once, a busy one sends bigger batches, and PostgreSQL's fixed cost per statement
+//! (executor start-up, the count triggers, the commit) is paid per batch, not per order.
 //!
 //! An order is acknowledged (removed from this process's processing list) only after its final
 //! commit and its publish. If the process dies anywhere before that, the order is still in the
@@ -46,8 +52,10 @@ struct Ctx {
 
 /// Orders claimed, stored or completed per round trip, at the most.
 const BATCH: usize = 256;
+/// Batches being stored as `processing` at once.
+const STARTING_LANES: usize = 1;
 /// Completion batches under way at once.
-const COMPLETION_LANES: usize = 4;
+const COMPLETION_LANES: usize = 1;
 /// How long a completion under way may go on after the shutdown deadline.
 const COMPLETION_GRACE: Duration = Duration::from_secs(5);
 
@@ -106,6 +114,14 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         tasks.clone(),
         abort.clone(),
     ));
+    let (claimed, claimed_rx) = mpsc::unbounded_channel();
+    let starter = tokio::spawn(starter(
+        ctx.clone(),
+        claimed_rx,
+        finished,
+        tasks.clone(),
+        abort.clone(),
+    ));
     info!(ctx.log, "worker started"; "fetch_loops" => config.workers, "max_in_flight" => config.max_in_flight);
 
     let loops: Vec<_> = (0..config.workers)
@@ -113,9 +129,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
             let fetcher = Fetcher {
                 ctx: ctx.clone(),
                 slots: slots.clone(),
-                tasks: tasks.clone(),
-                abort: abort.clone(),
-                finished: finished.clone(),
+                claimed: claimed.clone(),
             };
             tokio::spawn(fetcher.run(shutdown.clone()))
         })
@@ -123,7 +137,8 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     for l in loops {
         let _ = l.await;
     }
-    drop(finished);
+    // The starter stores what is still on its way, then ends, and with it the completer.
+    drop(claimed);
     // Every slot back means every claimed order was acknowledged or scheduled for a retry.
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
     let all_back = tokio::time::timeout(deadline, slots.acquire_many(max_in_flight)).await;
@@ -134,6 +149,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     abort.cancel();
     tasks.close();
     tasks.wait().await;
+    let _ = starter.await;
     let _ = completer.await;
     let _ = keeper.await;
     match ctx.queue.retire(&ctx.worker_id).await {
@@ -196,14 +212,12 @@ fn now_ms() -> u64 {
 struct Fetcher {
     ctx: Arc<Ctx>,
     slots: Arc<Semaphore>,
-    tasks: TaskTracker,
-    abort: Shutdown,
-    finished: mpsc::UnboundedSender<Started>,
+    claimed: mpsc::UnboundedSender<Claimed>,
 }
 
 impl Fetcher {
-    /// Claims orders while slots are free: one blocking pop, then up to a batch of those already
-    /// waiting. Stops between pops when `shutdown` is cancelled: a pop in flight is never
+    /// Claims orders while slots are free: all that are waiting, up to a batch, or else one
+    /// blocking pop. Stops between pops when `shutdown` is cancelled: a pop in flight is never
     /// cancelled, since a dropped BLMOVE could still move an order that no one then processes.
     async fn run(self, shutdown: Shutdown) {
         let ctx = &self.ctx;
@@ -229,67 +243,80 @@ impl Fetcher {
                     },
                     _ = shutdown.cancelled() => return,
                 };
-                let first = match ctx.queue.claim(&mut conn, &ctx.processing).await {
-                    Ok(Some(payload)) => payload,
-                    Ok(None) => continue,
+                let mut slots = vec![slot];
+                while slots.len() < BATCH {
+                    match self.slots.clone().try_acquire_owned() {
+                        Ok(s) => slots.push(s),
+                        Err(_) => break,
+                    }
+                }
+                let waiting = match ctx.queue.claim_waiting(&ctx.processing, slots.len()).await {
+                    Ok(payloads) if !payloads.is_empty() => payloads,
+                    Ok(_) => {
+                        // Nothing waiting: block for the next order, holding one slot.
+                        slots.truncate(1);
+                        match ctx.queue.claim(&mut conn, &ctx.processing).await {
+                            Ok(Some(payload)) => vec![payload],
+                            Ok(None) => continue,
+                            Err(e) => {
+                                warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
+                                drop(deadpool_redis::Connection::take(conn));
+                                pause(&mut backoff, &shutdown).await;
+                                continue 'connect;
+                            }
+                        }
+                    }
                     Err(e) => {
-                        warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
-                        drop(deadpool_redis::Connection::take(conn));
+                        warn!(ctx.log, "claim failed, retrying"; "error" => %e);
+                        drop(slots);
                         pause(&mut backoff, &shutdown).await;
-                        continue 'connect;
+                        continue;
                     }
                 };
                 backoff = Duration::from_millis(50);
-                let mut batch = vec![Claimed {
-                    payload: first,
-                    _slot: slot,
-                }];
-                self.claim_more(&mut batch).await;
-                let (ctx, tasks, abort, finished) = (
-                    self.ctx.clone(),
-                    self.tasks.clone(),
-                    self.abort.clone(),
-                    self.finished.clone(),
-                );
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        _ = start_batch(&ctx, batch, &tasks, &abort, finished) => {}
-                        _ = abort.cancelled() => {}
-                    }
-                });
+                for (payload, slot) in waiting.into_iter().zip(slots) {
+                    let _ = self.claimed.send(Claimed {
+                        payload,
+                        _slot: slot,
+                    });
+                }
             }
         }
     }
+}
 
-    /// Adds to `batch` the orders already waiting, as many as there are free slots.
-    async fn claim_more(&self, batch: &mut Vec<Claimed>) {
-        let mut slots = Vec::new();
-        while slots.len() < BATCH - 1 {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(s) => slots.push(s),
-                Err(_) => break,
-            }
+/// Stores claimed orders as `processing`, whatever has been claimed since the last batch, with
+/// a few batches under way at once.
+async fn starter(
+    ctx: Arc<Ctx>,
+    mut claimed: mpsc::UnboundedReceiver<Claimed>,
+    finished: mpsc::UnboundedSender<Started>,
+    tasks: TaskTracker,
+    abort: Shutdown,
+) {
+    let lanes = Arc::new(Semaphore::new(STARTING_LANES));
+    loop {
+        let lane = tokio::select! {
+            lane = lanes.clone().acquire_owned() => match lane { Ok(l) => l, Err(_) => return },
+            _ = abort.cancelled() => return,
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        let n = tokio::select! {
+            n = claimed.recv_many(&mut batch, BATCH) => n,
+            _ = abort.cancelled() => return,
+        };
+        if n == 0 {
+            return;
         }
-        match self
-            .ctx
-            .queue
-            .claim_more(&self.ctx.processing, slots.len())
-            .await
-        {
-            Ok(payloads) => {
-                batch.extend(
-                    payloads
-                        .into_iter()
-                        .zip(slots)
-                        .map(|(payload, slot)| Claimed {
-                            payload,
-                            _slot: slot,
-                        }),
-                )
+        let (ctx, tasks, abort, finished) =
+            (ctx.clone(), tasks.clone(), abort.clone(), finished.clone());
+        tasks.clone().spawn(async move {
+            tokio::select! {
+                _ = start_batch(&ctx, batch, &tasks, &abort, finished) => {}
+                _ = abort.cancelled() => {}
             }
-            // The first order goes on alone; the queue keeps the rest.
-            Err(e) => debug!(self.ctx.log, "claiming more failed"; "error" => %e),
-        }
+            drop(lane);
+        });
     }
 }
 

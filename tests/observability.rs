@@ -26,9 +26,13 @@ async fn stats_and_metrics_agree_with_the_database() {
     for i in 0..12 {
         ids.push(app.accept_order(&format!("stats-{i}")).await);
     }
-    app.wait_for("12 completed", Duration::from_secs(10), || async {
-        app.count_status("completed").await == 12
-    })
+    app.wait_for(
+        "12 completed and notified",
+        Duration::from_secs(10),
+        || async {
+            app.count_status("completed").await == 12 && app.count_rows("notifications").await == 12
+        },
+    )
     .await;
     // Other statuses too: a deleted order, and bad requests.
     let deleted = app

@@ -243,18 +243,19 @@ impl Fetcher {
                     },
                     _ = shutdown.cancelled() => return,
                 };
-                let mut slots = vec![slot];
-                while slots.len() < BATCH {
-                    match self.slots.clone().try_acquire_owned() {
-                        Ok(s) => slots.push(s),
-                        Err(_) => break,
-                    }
+                // The free slots, up to a batch, taken at once; one goes to each order claimed
+                // and the rest return together.
+                let mut slots = slot;
+                let more = self.slots.available_permits().min(BATCH - 1) as u32;
+                if let Ok(extra) = self.slots.clone().try_acquire_many_owned(more) {
+                    slots.merge(extra);
                 }
-                let waiting = match ctx.queue.claim_waiting(&ctx.processing, slots.len()).await {
+                let n = slots.num_permits();
+                let waiting = match ctx.queue.claim_waiting(&ctx.processing, n).await {
                     Ok(payloads) if !payloads.is_empty() => payloads,
                     Ok(_) => {
                         // Nothing waiting: block for the next order, holding one slot.
-                        slots.truncate(1);
+                        drop(slots.split(n - 1));
                         match ctx.queue.claim(&mut conn, &ctx.processing).await {
                             Ok(Some(payload)) => vec![payload],
                             Ok(None) => continue,
@@ -274,7 +275,8 @@ impl Fetcher {
                     }
                 };
                 backoff = Duration::from_millis(50);
-                for (payload, slot) in waiting.into_iter().zip(slots) {
+                for payload in waiting {
+                    let Some(slot) = slots.split(1) else { break };
                     let _ = self.claimed.send(Claimed {
                         payload,
                         _slot: slot,

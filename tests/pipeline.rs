@@ -327,3 +327,53 @@ async fn two_thousand_orders_complete_exactly_once_with_one_event_each() {
     assert_eq!(attempts, 0);
     app.cleanup().await;
 }
+
+/// The completion makes a notification due in PostgreSQL; a notifier that was not running when
+/// the event went out finds it there and sends it once, and a due order deleted meanwhile is
+/// dropped without sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() {
+    let app = TestApp::spawn_with(
+        Roles::parse("api,worker").unwrap(),
+        &[("ORDERS_ADMIN_TOKEN", "t")],
+    )
+    .await;
+    let kept = app.accept_order("due-kept").await;
+    let deleted = app.accept_order("due-deleted").await;
+    app.wait_for(
+        "both completed and due",
+        Duration::from_secs(10),
+        || async {
+            app.count_status("completed").await == 2
+                && app.count_rows("notifications_due").await == 2
+        },
+    )
+    .await;
+    assert_eq!(app.count_rows("notifications").await, 0, "no notifier ran");
+    let response = app
+        .http
+        .delete(app.url(&format!("/orders/{deleted}")))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+
+    // The events are long gone; the catch-up (500 ms in tests) finds what is due.
+    let notifier = app.sibling(Roles::parse("notifier").unwrap()).await;
+    app.wait_for("nothing due any more", Duration::from_secs(10), || async {
+        app.count_rows("notifications_due").await == 0
+    })
+    .await;
+    let sent: Vec<uuid::Uuid> = app
+        .db
+        .query("SELECT order_id FROM notifications", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sent, vec![kept]);
+    notifier.cleanup().await;
+    app.cleanup().await;
+}

@@ -90,10 +90,7 @@ pub fn routes(
                     }
                 }
                 let elapsed = start.elapsed();
-                metrics::histogram!(crate::stats::HTTP_DURATION,
-                    "route" => route, "method" => method_label(&method),
-                    "status" => status_label(response.status()))
-                .record(elapsed.as_secs_f64());
+                record_duration(route, method_label(&method), status_label(response.status()), elapsed);
                 let id = response.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
                 let line = (method.as_str(), path.as_str(), status, elapsed.as_micros() as u64);
                 if status >= 400 {
@@ -104,6 +101,34 @@ pub fn routes(
                 response
             },
         )
+}
+
+thread_local! {
+    /// The HTTP histogram's handles by (route, method, status), per runtime thread: looking the
+    /// series up in the registry by its three labels on every request was 5% of the API's CPU
+    /// under load (perf). The labels are all static, so the map stays small.
+    static HTTP_HISTOGRAMS: std::cell::RefCell<
+        std::collections::HashMap<(&'static str, &'static str, &'static str), metrics::Histogram>,
+    > = Default::default();
+}
+
+/// Records a request's duration in `http_request_duration_seconds{route,method,status}`.
+fn record_duration(
+    route: &'static str,
+    method: &'static str,
+    status: &'static str,
+    elapsed: std::time::Duration,
+) {
+    HTTP_HISTOGRAMS.with(|histograms| {
+        histograms
+            .borrow_mut()
+            .entry((route, method, status))
+            .or_insert_with(|| {
+                metrics::histogram!(crate::stats::HTTP_DURATION,
+                    "route" => route, "method" => method, "status" => status)
+            })
+            .record(elapsed.as_secs_f64());
+    });
 }
 
 /// The route template of a path, for metric labels (ids would make one series per order).

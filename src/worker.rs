@@ -4,10 +4,11 @@
 //! simulated processing time and goes to the completer, which completes, publishes and
 //! acknowledges whatever has finished, again a batch per round trip.
 //!
-//! The starter and the completer each run a few batches at once ("lanes") and take everything
-//! that arrived while their lanes were busy as the next batch: an idle service sends each order
-//! on at once, a busy one sends bigger batches, and PostgreSQL's fixed cost per statement
-//! (executor start-up, the count triggers, the commit) is paid per batch, not per order.
+//! The starter and the completer each run one batch at a time and take everything that arrived
+//! meanwhile as the next batch: an idle service sends each order on at once, a busy one sends
+//! bigger batches, and PostgreSQL's fixed cost per statement (executor start-up, the count
+//! triggers, the commit) is paid per batch, not per order. (With two lanes each, PostgreSQL
+//! used a fifth more CPU at 2,000 orders/s and the end-to-end p99 was higher.)
 //!
 //! An order is acknowledged (removed from this process's processing list) only after its final
 //! commit and its publish. If the process dies anywhere before that, the order is still in the
@@ -288,7 +289,7 @@ impl Fetcher {
 }
 
 /// Stores claimed orders as `processing`, whatever has been claimed since the last batch, with
-/// a few batches under way at once.
+/// `STARTING_LANES` batches under way at once.
 async fn starter(
     ctx: Arc<Ctx>,
     mut claimed: mpsc::UnboundedReceiver<Claimed>,
@@ -405,8 +406,8 @@ async fn start_batch(
     }
 }
 
-/// Completes what has finished processing, a batch per round trip, with a few batches under way
-/// at once.
+/// Completes what has finished processing, a batch per round trip, with `COMPLETION_LANES`
+/// batches under way at once.
 async fn completer(
     ctx: Arc<Ctx>,
     mut finished: mpsc::UnboundedReceiver<Started>,

@@ -160,6 +160,26 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
     let queued: Value = app.get_json("/orders?status=queued").await;
     assert_eq!(queued["orders"], json!([]));
     assert_eq!(queued["next_cursor"], Value::Null);
+
+    // A page writes each total with its cents, as GET /orders/{id} does.
+    let response = app
+        .post_order(&json!({"customer_id": "cents", "items": ["x"], "total": 2.5}))
+        .await;
+    assert_eq!(response.status(), 202);
+    app.wait_for("the eighth completed", Duration::from_secs(10), || async {
+        app.count_status("completed").await == 8
+    })
+    .await;
+    let text = app
+        .http
+        .get(app.url("/orders?customer_id=cents"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#""total":2.50"#), "{text}");
     app.cleanup().await;
 }
 

@@ -177,7 +177,7 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
         .as_deref()
         .is_some_and(|c| c.chars().any(char::is_control))
     {
-        return Ok(json(&serde_json::json!({"orders": [], "next_cursor": null})).into_response());
+        return Ok(json(&Page::default()).into_response());
     }
     let query = ListQuery {
         status,
@@ -186,8 +186,19 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
         after,
     };
     let (orders, next) = api.store.list(&query).await.map_err(reject)?;
-    let next_cursor = next.map(|c| c.encode());
-    Ok(json(&serde_json::json!({"orders": orders, "next_cursor": next_cursor})).into_response())
+    let page = Page {
+        orders,
+        next_cursor: next.map(|c| c.encode()),
+    };
+    Ok(json(&page).into_response())
+}
+
+/// A page of `GET /orders`. Serialized as it is, not through `serde_json::json!`, which turned
+/// each total into a float (`2.50` came out as `2.5`, `0.00` as `0.0`).
+#[derive(Default, serde::Serialize)]
+struct Page {
+    orders: Vec<OrderView>,
+    next_cursor: Option<String>,
 }
 
 /// A page size: 1 to 500, 50 when absent.

@@ -1,5 +1,5 @@
-//! The worker role: fetch loops claim orders from the queue (whatever is waiting, up to a batch,
-//! in one round trip; a blocking pop when nothing is) and hand them to the starter, which stores
+//! The worker role: fetch loops claim orders from the queue (one blocking pop, then whatever else
+//! is already waiting, up to a batch, in one round trip) and hand them to the starter, which stores
 //! what has been claimed as `processing`, a batch per statement; each order then sleeps its
 //! simulated processing time and goes to the completer, which completes, publishes and
 //! acknowledges whatever has finished, again a batch per round trip.
@@ -208,8 +208,8 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    /// Claims orders while slots are free: all that are waiting, up to a batch, or else one
-    /// blocking pop. Stops between pops when `shutdown` is cancelled: a pop in flight is never
+    /// Claims orders while slots are free: one blocking pop, then up to a batch of those already
+    /// waiting. Stops between pops when `shutdown` is cancelled: a pop in flight is never
     /// cancelled, since a dropped BLMOVE could still move an order that no one then processes.
     async fn run(self, shutdown: Shutdown) {
         let ctx = &self.ctx;
@@ -235,37 +235,35 @@ impl Fetcher {
                     },
                     _ = shutdown.cancelled() => return,
                 };
-                // The free slots, up to a batch, taken at once; one goes to each order claimed
-                // and the rest return together.
-                let mut slots = slot;
-                let more = self.slots.available_permits().min(BATCH - 1) as u32;
-                if let Ok(extra) = self.slots.clone().try_acquire_many_owned(more) {
-                    slots.merge(extra);
-                }
-                let n = slots.num_permits();
-                let waiting = match ctx.queue.claim_waiting(&ctx.processing, n).await {
-                    Ok(payloads) if !payloads.is_empty() => payloads,
-                    Ok(_) => {
-                        // Nothing waiting: block for the next order, holding one slot.
-                        drop(slots.split(n - 1));
-                        match ctx.queue.claim(&mut conn, &ctx.processing).await {
-                            Ok(Some(payload)) => vec![payload],
-                            Ok(None) => continue,
-                            Err(e) => {
-                                warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
-                                drop(deadpool_redis::Connection::take(conn));
-                                pause(&mut backoff, &shutdown).await;
-                                continue 'connect;
-                            }
-                        }
-                    }
+                let first = match ctx.queue.claim(&mut conn, &ctx.processing).await {
+                    Ok(Some(payload)) => payload,
+                    Ok(None) => continue,
                     Err(e) => {
-                        warn!(ctx.log, "claim failed, retrying"; "error" => %e);
-                        drop(slots);
+                        warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
+                        drop(deadpool_redis::Connection::take(conn));
                         pause(&mut backoff, &shutdown).await;
-                        continue;
+                        continue 'connect;
                     }
                 };
+                // Then whatever else is waiting, up to a batch and the free slots (taken at once;
+                // one goes to each order, the rest return together). Only after a pop that found
+                // an order: a claim whose reply is lost (Redis killed) strands what it moved in
+                // this live worker's list, so the script runs no more often than it must.
+                let mut slots = slot;
+                let more = self.slots.available_permits().min(BATCH - 1) as u32;
+                let mut waiting = vec![first];
+                if let Ok(extra) = self.slots.clone().try_acquire_many_owned(more) {
+                    slots.merge(extra);
+                    match ctx
+                        .queue
+                        .claim_waiting(&ctx.processing, more as usize)
+                        .await
+                    {
+                        Ok(payloads) => waiting.extend(payloads),
+                        // The first order goes on alone; the queue keeps the rest.
+                        Err(e) => debug!(ctx.log, "claiming more failed"; "error" => %e),
+                    }
+                }
                 backoff = Duration::from_millis(50);
                 for payload in waiting {
                     let Some(slot) = slots.split(1) else { break };

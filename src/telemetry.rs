@@ -1,31 +1,234 @@
-//! Logging: slog-term for people, JSON lines for machines, never dropping a line under load.
+//! Logging: slog-term lines for people (coloured on a terminal), JSON lines for machines; never
+//! dropping a line under load, and cheap enough to stay on at `info` at 10,000 orders/s.
+//!
+//! Each record is formatted on the thread that logs it, into a line of its own, and handed to one
+//! writer thread. The writer writes every line that is waiting with one call and flushes when none
+//! is left, so a burst costs a few system calls, not one per line (slog-term writes a line to an
+//! unbuffered stream in four or five pieces: at info level, with four lines per order, that was a
+//! third of the API's CPU under load). When 65,536 lines wait, loggers block until the writer
+//! catches up: a burst slows down, no line is dropped.
 
 use crate::config::{Config, LogFormat};
-use slog::{o, Drain, Level, Logger};
+use slog::{o, Drain, Level, Logger, OwnedKVList, Record};
+use std::cell::RefCell;
+use std::io::{self, IsTerminal, Write};
+use std::sync::mpsc;
 
-/// Builds the process logger. Lines go through slog-async with `OverflowStrategy::Block`, so a
-/// burst slows the logging task down instead of dropping lines. Keep the guard until the process
-/// ends: dropping it flushes the last lines.
-pub fn logger(config: &Config) -> (Logger, slog_async::AsyncGuard) {
+/// Lines waiting for the writer, at most; loggers then block.
+const BACKLOG: usize = 65_536;
+/// How long the writer lets lines gather after writing some (waking it for each line cost more
+/// than formatting the line).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
+enum Message {
+    Line(Vec<u8>),
+    /// Write what came before, then stop.
+    Stop,
+}
+
+/// Builds the process logger: term format to stderr, or JSON lines to stdout. Keep the guard
+/// until the process ends: dropping it writes the last lines.
+pub fn logger(config: &Config) -> (Logger, LogGuard) {
     let level = parse_level(&config.log_level);
-    let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match config.log_format {
+    let (lines, waiting) = mpsc::sync_channel(BACKLOG);
+    let (root, writer) = match config.log_format {
         LogFormat::Term => {
-            let decorator = slog_term::TermDecorator::new().stderr().build();
-            Box::new(slog_term::FullFormat::new(decorator).build().fuse())
+            let color = io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::env::var("TERM").map_or(true, |t| t != "dumb");
+            let decorator = Lines {
+                lines: lines.clone(),
+                color,
+            };
+            let drain = slog_term::FullFormat::new(decorator).build();
+            let root = Logger::root(drain.filter_level(level).fuse(), o!());
+            (root, spawn_writer(waiting, io::stderr()))
         }
-        LogFormat::Json => Box::new(
-            slog_json::Json::new(std::io::stdout())
-                .add_default_keys()
-                .build()
-                .fuse(),
-        ),
+        LogFormat::Json => {
+            let drain = JsonLines {
+                lines: lines.clone(),
+            };
+            let root = Logger::root(drain.filter_level(level).fuse(), o!());
+            (root, spawn_writer(waiting, io::stdout()))
+        }
     };
-    let (drain, guard) = slog_async::Async::new(drain)
-        .chan_size(65_536)
-        .overflow_strategy(slog_async::OverflowStrategy::Block)
-        .build_with_guard();
-    // The level filter goes in front of the channel, so a line below the level costs nothing.
-    (Logger::root(drain.filter_level(level).fuse(), o!()), guard)
+    let guard = LogGuard {
+        stop: lines,
+        writer: Some(writer),
+    };
+    (root, guard)
+}
+
+/// Writes the last lines when dropped.
+pub struct LogGuard {
+    stop: mpsc::SyncSender<Message>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if self.stop.send(Message::Stop).is_ok() {
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.join();
+            }
+        }
+    }
+}
+
+/// The writer thread: all the lines waiting in one write, a flush when none is left. Write
+/// errors (a closed pipe) are ignored, so that loggers never block on a writer that gave up.
+fn spawn_writer(
+    waiting: mpsc::Receiver<Message>,
+    out: impl Write + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || {
+            let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+            // Blocks for the first line after a quiet spell; while lines keep coming, takes them
+            // every LINGER instead, so that loggers rarely have to wake this thread.
+            let mut next = waiting.recv().ok();
+            while let Some(first) = next {
+                let mut message = Some(first);
+                while let Some(m) = message {
+                    match m {
+                        Message::Line(line) => {
+                            let _ = out.write_all(&line);
+                        }
+                        Message::Stop => {
+                            let _ = out.flush();
+                            return;
+                        }
+                    }
+                    message = waiting.try_recv().ok();
+                }
+                let _ = out.flush();
+                std::thread::sleep(LINGER);
+                next = match waiting.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::TryRecvError::Empty) => waiting.recv().ok(),
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                };
+            }
+        })
+        .expect("spawning the log writer thread")
+}
+
+/// The slog-term decorator: formats one record into a line of its own (with ANSI colours when
+/// `color`, as slog-term's `TermDecorator` paints them) and sends it to the writer.
+struct Lines {
+    lines: mpsc::SyncSender<Message>,
+    color: bool,
+}
+
+impl slog_term::Decorator for Lines {
+    fn with_record<F>(&self, record: &Record, _: &OwnedKVList, f: F) -> io::Result<()>
+    where
+        F: FnOnce(&mut dyn slog_term::RecordDecorator) -> io::Result<()>,
+    {
+        let mut line = Line {
+            text: Vec::with_capacity(192),
+            level: record.level(),
+            color: self.color,
+        };
+        f(&mut line)?;
+        send(&self.lines, line.text)
+    }
+}
+
+fn send(lines: &mpsc::SyncSender<Message>, line: Vec<u8>) -> io::Result<()> {
+    lines
+        .send(Message::Line(line))
+        .map_err(|_| io::Error::other("the log writer stopped"))
+}
+
+/// One line being formatted.
+struct Line {
+    text: Vec<u8>,
+    level: Level,
+    color: bool,
+}
+
+impl Line {
+    fn paint(&mut self, code: &[u8]) -> io::Result<()> {
+        if self.color {
+            self.text.extend_from_slice(code);
+        }
+        Ok(())
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl slog_term::RecordDecorator for Line {
+    fn reset(&mut self) -> io::Result<()> {
+        self.paint(b"\x1b[0m")
+    }
+
+    fn start_level(&mut self) -> io::Result<()> {
+        let code: &[u8] = match self.level {
+            Level::Critical => b"\x1b[35m",
+            Level::Error => b"\x1b[31m",
+            Level::Warning => b"\x1b[33m",
+            Level::Info => b"\x1b[32m",
+            Level::Debug => b"\x1b[36m",
+            Level::Trace => b"\x1b[34m",
+        };
+        self.paint(code)
+    }
+
+    fn start_key(&mut self) -> io::Result<()> {
+        self.paint(b"\x1b[1m")
+    }
+
+    fn start_msg(&mut self) -> io::Result<()> {
+        self.paint(b"\x1b[1m")
+    }
+}
+
+thread_local! {
+    /// The JSON formatter of this thread (slog-json's is not `Sync`), writing into [`JSON_LINE`].
+    static JSON: slog_json::Json<JsonLine> = slog_json::Json::new(JsonLine).add_default_keys().build();
+    static JSON_LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The JSON drain: formats on the logging thread, sends the line to the writer.
+struct JsonLines {
+    lines: mpsc::SyncSender<Message>,
+}
+
+impl Drain for JsonLines {
+    type Ok = ();
+    type Err = io::Error;
+
+    fn log(&self, record: &Record, values: &OwnedKVList) -> io::Result<()> {
+        JSON.with(|json| json.log(record, values))?;
+        let line = JSON_LINE.with(|line| std::mem::take(&mut *line.borrow_mut()));
+        send(&self.lines, line)
+    }
+}
+
+/// Where this thread's JSON formatter writes.
+struct JsonLine;
+
+impl Write for JsonLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        JSON_LINE.with(|line| line.borrow_mut().extend_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn parse_level(name: &str) -> Level {

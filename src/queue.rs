@@ -160,6 +160,17 @@ return moved
     std::sync::OnceLock::new(),
 );
 
+/// Moves everything in one processing list back to the queue. KEYS: the list, queue. Returns
+/// how many orders it moved.
+static REQUEUE_HELD: Lua = Lua(
+    r"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+return moved
+",
+    std::sync::OnceLock::new(),
+);
+
 /// Accepts the orders of several requests at once, each request all or none: refused when the
 /// queue would grow past its max depth, or answered with the record of the earlier request that
 /// used its idempotency key.
@@ -545,6 +556,18 @@ impl Queue {
             .query_async(conn)
             .await?;
         Ok(payload)
+    }
+
+    /// Puts everything in this worker's processing list back on the queue, to be claimed again
+    /// (after a claim whose reply may have been lost).
+    pub async fn requeue_held(&self, processing: &str) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(REQUEUE_HELD
+            .script()
+            .key(processing)
+            .key(&self.keys.queue)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,

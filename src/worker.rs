@@ -214,6 +214,12 @@ impl Fetcher {
     async fn run(self, shutdown: Shutdown) {
         let ctx = &self.ctx;
         let mut backoff = Duration::from_millis(50);
+        // Set when a claim failed: Redis may have moved orders into this process's list and lost
+        // the reply (killed after writing its append-only file), and no reaper looks at the list
+        // of a live worker. Before claiming again, everything in the list goes back to the queue.
+        // What this process still holds is then delivered twice; the attempt number stored with
+        // each order fences out the stale delivery, as after a reaper's return.
+        let mut unsure = false;
         'connect: while !shutdown.is_cancelled() {
             let mut conn = match ctx.queue.blocking_connection().await {
                 Ok(c) => c,
@@ -224,6 +230,20 @@ impl Fetcher {
                 }
             };
             while !shutdown.is_cancelled() {
+                if unsure {
+                    match ctx.queue.requeue_held(&ctx.processing).await {
+                        Ok(n) => {
+                            unsure = false;
+                            info!(ctx.log, "returned this worker's unacknowledged orders to the queue after a failed claim";
+                                "count" => n);
+                        }
+                        Err(e) => {
+                            warn!(ctx.log, "cannot return this worker's orders to the queue, retrying"; "error" => %e);
+                            pause(&mut backoff, &shutdown).await;
+                            continue;
+                        }
+                    }
+                }
                 if ctx.db_down.load(Ordering::Relaxed) {
                     wait_for_database(ctx, &shutdown).await;
                     continue;
@@ -240,15 +260,16 @@ impl Fetcher {
                     Ok(None) => continue,
                     Err(e) => {
                         warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
+                        unsure = true;
                         drop(deadpool_redis::Connection::take(conn));
                         pause(&mut backoff, &shutdown).await;
                         continue 'connect;
                     }
                 };
                 // Then whatever else is waiting, up to a batch and the free slots (taken at once;
-                // one goes to each order, the rest return together). Only after a pop that found
-                // an order: a claim whose reply is lost (Redis killed) strands what it moved in
-                // this live worker's list, so the script runs no more often than it must.
+                // one goes to each order, the rest return together); only after a pop that found
+                // an order, so that a deep queue is drained in batches and an idle one costs
+                // nothing more.
                 let mut slots = slot;
                 let more = self.slots.available_permits().min(BATCH - 1) as u32;
                 let mut waiting = vec![first];
@@ -260,8 +281,12 @@ impl Fetcher {
                         .await
                     {
                         Ok(payloads) => waiting.extend(payloads),
-                        // The first order goes on alone; the queue keeps the rest.
-                        Err(e) => debug!(ctx.log, "claiming more failed"; "error" => %e),
+                        // The first order goes on alone; the rest are in the queue or, when
+                        // the reply was lost, in the list, which goes back before the next pop.
+                        Err(e) => {
+                            warn!(ctx.log, "claiming more failed"; "error" => %e);
+                            unsure = true;
+                        }
                     }
                 }
                 backoff = Duration::from_millis(50);

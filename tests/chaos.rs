@@ -465,6 +465,68 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. A claim whose reply was lost (Redis killed after it wrote the move to its append-only file):
+//    the orders sit in a live worker's processing list, which no reaper touches. When the worker's
+//    connections drop, it puts its list back on the queue before it claims again.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
+    let cluster = Cluster::start("lost-claim-reply", Fsync::EverySec).await;
+    let service = Service::start(&cluster, "all", "api,worker,notifier", &[]).await;
+    let events = Events::subscribe(&cluster).await;
+
+    // What the lost reply leaves behind: accepted orders (pending) in the worker's list, not in
+    // the queue, and not known to the worker.
+    let list = cluster.key(&format!("processing:{}", service.worker_id()));
+    let mut redis = cluster.redis().await;
+    let mut stranded = Vec::new();
+    for i in 0..3 {
+        let body = order(&format!("chaos-lost-reply-{i}")).to_string();
+        let new = orders::order::NewOrder::parse(body.as_bytes()).expect("a valid order");
+        let job = orders::order::Job::accept(new, time::OffsetDateTime::now_utc(), None);
+        let payload = job.to_payload();
+        let _: () = redis
+            .hset(cluster.key("pending"), job.order_id.to_string(), &payload)
+            .await
+            .expect("HSET");
+        let _: () = redis.lpush(&list, &payload).await.expect("LPUSH");
+        stranded.push(job.order_id);
+    }
+    // The worker claims on (its pops find nothing) and the orders stay where they are.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        list_len(&cluster, &list).await,
+        3,
+        "the orders wait in the list"
+    );
+
+    // Every connection of the service drops, as when Redis restarts.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut redis)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed > 0, "the service's connections were killed");
+
+    wait_until_settled(&cluster, &stranded, SETTLE).await;
+    let tally = Tally::count(&cluster, &stranded, &events.finish(QUIET).await).await;
+    tally.report(EventRule::ExactlyOne);
+    assert!(
+        service
+            .find_log(
+                "returned this worker's unacknowledged orders to the queue after a failed claim"
+            )
+            .is_some_and(|l| l["count"].as_u64() >= Some(3)),
+        "the worker put its list back on the queue"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Load and small queries.
 // ---------------------------------------------------------------------------------------------
 

@@ -355,3 +355,19 @@ async fn the_reaper_returns_the_orders_of_a_worker_whose_lease_expired() {
     assert!(left.is_empty());
     app.cleanup().await;
 }
+
+/// A Redis that forgot the scripts (restarted, or `SCRIPT FLUSH`) is sent each one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_accepted_after_redis_forgot_the_scripts() {
+    let app = TestApp::spawn_with(Roles::parse("api").unwrap(), &[]).await;
+    app.accept_order("before").await;
+    let mut redis = app.redis.clone();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    app.accept_order("after").await;
+    assert_eq!(app.list_len("queue").await, 2);
+    app.cleanup().await;
+}

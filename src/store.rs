@@ -582,13 +582,19 @@ impl Store {
         Ok((orders, next))
     }
 
-    /// Deletes an order and its items; whether there was one.
+    /// Deletes an order, its items and its notification; whether there was one.
     pub async fn delete(&self, order_id: Uuid) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        let n = client
-            .execute("DELETE FROM orders WHERE order_id = $1", &[&order_id])
+        let row = client
+            .query_one(
+                "WITH gone AS (DELETE FROM orders WHERE order_id = $1 RETURNING order_id),
+                      items AS (DELETE FROM order_items WHERE order_id = $1),
+                      sent AS (DELETE FROM notifications WHERE order_id = $1)
+                 SELECT count(*) FROM gone",
+                &[&order_id],
+            )
             .await?;
-        Ok(n > 0)
+        Ok(row.get::<_, i64>(0) > 0)
     }
 
     /// Records the notifications of completed orders and, inside the same transaction, runs

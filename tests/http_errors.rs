@@ -1250,9 +1250,13 @@ async fn admin_delete_needs_the_configured_token() {
     let app = TestApp::spawn_with(Roles::ALL, &[("ORDERS_ADMIN_TOKEN", TOKEN)]).await;
     let id = app.accept_order("c-delete").await;
     let other = app.accept_order("c-keep").await;
-    app.wait_for("both completed", Duration::from_secs(10), || async {
-        app.count_status("completed").await == 2
-    })
+    app.wait_for(
+        "both completed and notified",
+        Duration::from_secs(10),
+        || async {
+            app.count_status("completed").await == 2 && app.count_rows("notifications").await == 2
+        },
+    )
     .await;
     assert_eq!(rows_of(&app, id).await, (1, 2));
     let before = state(&app).await;
@@ -1294,6 +1298,16 @@ async fn admin_delete_needs_the_configured_token() {
         (0, 0),
         "the order and its items are gone"
     );
+    let notified: i64 = app
+        .db
+        .query_one(
+            "SELECT count(*) FROM notifications WHERE order_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(notified, 0, "its notification is gone");
     assert_eq!(
         rows_of(&app, other).await,
         (1, 2),

@@ -41,11 +41,19 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// The caller's `X-Request-Id` when it is 1–128 visible ASCII characters, or a new one.
 fn request_id() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    callers_request_id().map(|id: Option<String>| id.unwrap_or_else(new_request_id))
+}
+
+/// The caller's `X-Request-Id` when it is 1–128 visible ASCII characters.
+fn callers_request_id() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
     warp::header::value(REQUEST_ID)
         .map(|v: warp::http::HeaderValue| valid_request_id(&v))
         .or(warp::any().map(|| None))
         .unify()
-        .map(|id: Option<String>| id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string()))
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 fn valid_request_id(value: &warp::http::HeaderValue) -> Option<String> {
@@ -65,18 +73,19 @@ pub fn routes(
         .map(std::time::Instant::now)
         .and(warp::method())
         .and(warp::path::full())
-        .and(request_id())
+        .and(callers_request_id())
         .and(inner)
         .map(
             move |start: std::time::Instant,
                   method: warp::http::Method,
                   path: warp::path::FullPath,
-                  id: String,
+                  id: Option<String>,
                   reply| {
                 let mut response = warp::Reply::into_response(reply);
-                // Handlers that log set the id they used; the others get this one.
+                // Handlers that log set the id they used; the others get the caller's or a new one.
                 let headers = response.headers_mut();
                 if !headers.contains_key(REQUEST_ID) {
+                    let id = id.unwrap_or_else(new_request_id);
                     if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
                         headers.insert(REQUEST_ID, v);
                     }

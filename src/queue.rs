@@ -230,15 +230,16 @@ return out
 static ACKNOWLEDGE: Lua = Lua(
     r"
 if not redis.call('SET', KEYS[4], 1, 'NX', 'EX', 120) then return -1 end
-local published = 0
+local published, ids = 0, {}
 for i = 2, #ARGV, 3 do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
-  redis.call('HDEL', KEYS[2], ARGV[i + 1])
+  ids[#ids + 1] = ARGV[i + 1]
   if ARGV[i + 2] ~= '' then
     redis.call('PUBLISH', ARGV[1], ARGV[i + 2])
     published = published + 1
   end
 end
+if #ids > 0 then redis.call('HDEL', KEYS[2], unpack(ids)) end
 if published > 0 then
   redis.call('INCRBY', KEYS[3], published)
   redis.call('EXPIRE', KEYS[3], 120)
@@ -248,15 +249,21 @@ return published
     std::sync::OnceLock::new(),
 );
 
-/// Claims up to ARGV[1] waiting orders without blocking. KEYS: queue, processing list.
+/// Claims up to ARGV[1] waiting orders without blocking, as that many `LMOVE queue processing
+/// RIGHT LEFT` would, in three commands (a command called from Lua costs a few microseconds over
+/// its own work; one LMOVE per order was a third of the script's time). Returns them in the
+/// order those moves would have taken them. KEYS: queue, processing list.
 static CLAIM_WAITING: Lua = Lua(
     r"
+local want = tonumber(ARGV[1])
+if want < 1 then return {} end
+local oldest_last = redis.call('LRANGE', KEYS[1], -want, -1)
+local n = #oldest_last
+if n == 0 then return oldest_last end
+redis.call('LTRIM', KEYS[1], 0, -n - 1)
 local claimed = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local payload = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not payload then break end
-  claimed[#claimed + 1] = payload
-end
+for i = n, 1, -1 do claimed[#claimed + 1] = oldest_last[i] end
+redis.call('LPUSH', KEYS[2], unpack(claimed))
 return claimed
 ",
     std::sync::OnceLock::new(),

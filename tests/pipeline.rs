@@ -397,3 +397,69 @@ async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() 
     notifier.cleanup().await;
     app.cleanup().await;
 }
+
+/// Claiming what is waiting takes the oldest orders first, as one LMOVE per order would, and
+/// leaves the queue and the processing list as those moves would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claiming_waiting_orders_takes_the_oldest_first() {
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let vars = std::collections::HashMap::from([
+        ("REDIS_URL".to_string(), common::redis_url()),
+        ("ORDERS_REDIS_PREFIX".to_string(), prefix.clone()),
+    ]);
+    let config = orders::config::Config::load_from(|k| vars.get(k).cloned()).unwrap();
+    let queue = orders::queue::Queue::connect(&config).await.unwrap();
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let (queue_key, processing) = (
+        queue.keys().queue().to_string(),
+        queue.keys().processing("w"),
+    );
+    // Pushed as the API does, newest at the head: o1 is the oldest.
+    for o in ["o1", "o2", "o3", "o4", "o5"] {
+        let _: () = redis::AsyncCommands::lpush(&mut redis, &queue_key, o)
+            .await
+            .unwrap();
+    }
+    let text = |v: Vec<Vec<u8>>| {
+        v.into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(queue
+        .claim_waiting(&processing, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        text(queue.claim_waiting(&processing, 3).await.unwrap()),
+        ["o1", "o2", "o3"]
+    );
+    let range = |key: String| {
+        let mut redis = redis.clone();
+        async move {
+            redis::AsyncCommands::lrange::<_, Vec<String>>(&mut redis, key, 0, -1)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(range(queue_key.clone()).await, ["o5", "o4"]);
+    assert_eq!(range(processing.clone()).await, ["o3", "o2", "o1"]);
+    assert_eq!(
+        text(queue.claim_waiting(&processing, 10).await.unwrap()),
+        ["o4", "o5"]
+    );
+    assert!(range(queue_key.clone()).await.is_empty());
+    assert_eq!(
+        range(processing.clone()).await,
+        ["o5", "o4", "o3", "o2", "o1"]
+    );
+    assert!(queue
+        .claim_waiting(&processing, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let _: () = redis::AsyncCommands::del(&mut redis, &[&queue_key, &processing])
+        .await
+        .unwrap();
+}

@@ -160,12 +160,18 @@ return moved
     std::sync::OnceLock::new(),
 );
 
-/// Moves everything in one processing list back to the queue. KEYS: the list, queue. Returns
-/// how many orders it moved.
-static REQUEUE_HELD: Lua = Lua(
+/// Moves the given orders from a processing list to the pop end of the queue, one list entry
+/// each, skipping those no longer in the list. KEYS: the list, queue. ARGV: payloads. Returns
+/// how many it moved.
+static REQUEUE: Lua = Lua(
     r"
 local moved = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved = moved + 1 end
+for _, payload in ipairs(ARGV) do
+  if redis.call('LREM', KEYS[1], 1, payload) > 0 then
+    redis.call('RPUSH', KEYS[2], payload)
+    moved = moved + 1
+  end
+end
 return moved
 ",
     std::sync::OnceLock::new(),
@@ -614,16 +620,23 @@ impl Queue {
         Ok(payload)
     }
 
-    /// Puts everything in this worker's processing list back on the queue, to be claimed again
-    /// (after a claim whose reply may have been lost).
-    pub async fn requeue_held(&self, processing: &str) -> Result<u64, QueueError> {
+    /// Everything in a processing list.
+    pub async fn processing_list(&self, processing: &str) -> Result<Vec<Vec<u8>>, QueueError> {
         let mut conn = self.conn.clone();
-        Ok(REQUEUE_HELD
-            .script()
-            .key(processing)
-            .key(&self.keys.queue)
-            .invoke_async(&mut conn)
-            .await?)
+        Ok(conn.lrange(processing, 0, -1).await?)
+    }
+
+    /// Moves these orders from a processing list back to the queue, to be claimed next (after
+    /// a claim whose reply may have been lost); how many were still in the list.
+    pub async fn requeue(&self, processing: &str, payloads: &[Vec<u8>]) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let script = REQUEUE.script();
+        let mut invocation = script.prepare_invoke();
+        invocation.key(processing).key(&self.keys.queue);
+        for payload in payloads {
+            invocation.arg(payload.as_slice());
+        }
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 
     /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,

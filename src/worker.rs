@@ -48,6 +48,7 @@ struct Ctx {
     retry_max: Duration,
     /// Set when PostgreSQL was found unreachable: fetch loops stop claiming until it answers.
     db_down: AtomicBool,
+    held: Arc<Held>,
     log: Logger,
 }
 
@@ -56,10 +57,69 @@ const BATCH: usize = 256;
 /// How long a completion under way may go on after the shutdown deadline.
 const COMPLETION_GRACE: Duration = Duration::from_secs(5);
 
-/// An order this process holds: its payload as claimed and its in-flight slot.
+/// An order this process holds: its payload as claimed and its in-flight slot. Counted in
+/// [`Held`] until dropped.
 struct Claimed {
     payload: Vec<u8>,
     _slot: OwnedSemaphorePermit,
+    held: Arc<Held>,
+}
+
+impl Claimed {
+    fn new(payload: Vec<u8>, slot: OwnedSemaphorePermit, held: &Arc<Held>) -> Claimed {
+        held.change(&payload, true);
+        Claimed {
+            payload,
+            _slot: slot,
+            held: held.clone(),
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        self.held.change(&self.payload, false);
+    }
+}
+
+/// The payloads this process holds, by hash, with how many of each: what its processing list
+/// should contain. Anything else in the list was moved there by a claim whose reply was lost.
+#[derive(Default)]
+struct Held(std::sync::Mutex<std::collections::HashMap<u64, u32>>);
+
+impl Held {
+    fn key(payload: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(payload)
+    }
+
+    fn change(&self, payload: &[u8], add: bool) {
+        let key = Self::key(payload);
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if add {
+            *counts.entry(key).or_default() += 1;
+        } else if let Some(n) = counts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
+    }
+
+    /// The entries of `listed` (a processing list) beyond what this process holds.
+    fn not_held(&self, listed: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        let mut left = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        listed
+            .into_iter()
+            .filter(|payload| match left.get_mut(&Self::key(payload)) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    false
+                }
+                _ => true,
+            })
+            .collect()
+    }
 }
 
 /// A stored order, processing, with the attempt that fences its completion.
@@ -86,6 +146,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         retry_base: Duration::from_millis(config.retry_base_ms),
         retry_max: Duration::from_millis(config.retry_max_ms),
         db_down: AtomicBool::new(false),
+        held: Arc::default(),
         log,
     });
     let lease = Duration::from_millis(config.lease_ms);
@@ -216,9 +277,10 @@ impl Fetcher {
         let mut backoff = Duration::from_millis(50);
         // Set when a claim failed: Redis may have moved orders into this process's list and lost
         // the reply (killed after writing its append-only file), and no reaper looks at the list
-        // of a live worker. Before claiming again, everything in the list goes back to the queue.
-        // What this process still holds is then delivered twice; the attempt number stored with
-        // each order fences out the stale delivery, as after a reaper's return.
+        // of a live worker. Before claiming again, what the list holds beyond what this process
+        // holds goes back to the queue. (An order another fetch loop is claiming at that moment
+        // may go back too; it is then delivered twice, and the attempt number stored with it
+        // fences out the stale delivery.)
         let mut unsure = false;
         'connect: while !shutdown.is_cancelled() {
             let mut conn = match ctx.queue.blocking_connection().await {
@@ -231,10 +293,10 @@ impl Fetcher {
             };
             while !shutdown.is_cancelled() {
                 if unsure {
-                    match ctx.queue.requeue_held(&ctx.processing).await {
+                    match requeue_not_held(ctx).await {
                         Ok(n) => {
                             unsure = false;
-                            info!(ctx.log, "returned this worker's unacknowledged orders to the queue after a failed claim";
+                            info!(ctx.log, "returned orders this worker does not hold to the queue after a failed claim";
                                 "count" => n);
                         }
                         Err(e) => {
@@ -292,14 +354,22 @@ impl Fetcher {
                 backoff = Duration::from_millis(50);
                 for payload in waiting {
                     let Some(slot) = slots.split(1) else { break };
-                    let _ = self.claimed.send(Claimed {
-                        payload,
-                        _slot: slot,
-                    });
+                    let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));
                 }
             }
         }
     }
+}
+
+/// Puts what this process's processing list holds beyond what the process holds back on the
+/// queue; how many.
+async fn requeue_not_held(ctx: &Ctx) -> Result<u64, crate::queue::QueueError> {
+    let listed = ctx.queue.processing_list(&ctx.processing).await?;
+    let stranded = ctx.held.not_held(listed);
+    if stranded.is_empty() {
+        return Ok(0);
+    }
+    ctx.queue.requeue(&ctx.processing, &stranded).await
 }
 
 /// Stores claimed orders as `processing`, one batch at a time: whatever has been claimed since

@@ -467,18 +467,28 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
 // ---------------------------------------------------------------------------------------------
 // 8. A claim whose reply was lost (Redis killed after it wrote the move to its append-only file):
 //    the orders sit in a live worker's processing list, which no reaper touches. When the worker's
-//    connections drop, it puts its list back on the queue before it claims again.
+//    connections drop, it puts back on the queue what its list holds beyond what it holds itself,
+//    and leaves the orders it is processing alone.
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
     let cluster = Cluster::start("lost-claim-reply", Fsync::EverySec).await;
-    let service = Service::start(&cluster, "all", "api,worker,notifier", &[]).await;
+    let settings = [("ORDERS_PROCESSING_DELAY_MS", "5000")];
+    let service = Service::start(&cluster, "all", "api,worker,notifier", &settings).await;
     let events = Events::subscribe(&cluster).await;
 
-    // What the lost reply leaves behind: accepted orders (pending) in the worker's list, not in
-    // the queue, and not known to the worker.
+    // Orders the worker holds, in their processing time...
+    let mut accepted = post_orders(&service, 10, 10).await;
     let list = cluster.key(&format!("processing:{}", service.worker_id()));
+    wait_until(
+        "the worker holds 10 orders",
+        Duration::from_secs(10),
+        || async { list_len(&cluster, &list).await == 10 },
+    )
+    .await;
+    // ... and what a lost reply leaves behind: accepted orders (pending) in its list, not in the
+    // queue, and not known to the worker.
     let mut redis = cluster.redis().await;
     let mut stranded = Vec::new();
     for i in 0..3 {
@@ -494,10 +504,10 @@ async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
         stranded.push(job.order_id);
     }
     // The worker claims on (its pops find nothing) and the orders stay where they are.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         list_len(&cluster, &list).await,
-        3,
+        13,
         "the orders wait in the list"
     );
 
@@ -513,16 +523,27 @@ async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
         .expect("CLIENT KILL");
     assert!(killed > 0, "the service's connections were killed");
 
-    wait_until_settled(&cluster, &stranded, SETTLE).await;
-    let tally = Tally::count(&cluster, &stranded, &events.finish(QUIET).await).await;
+    accepted.extend(&stranded);
+    wait_until_settled(&cluster, &accepted, SETTLE).await;
+    let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     tally.report(EventRule::ExactlyOne);
-    assert!(
-        service
-            .find_log(
-                "returned this worker's unacknowledged orders to the queue after a failed claim"
-            )
-            .is_some_and(|l| l["count"].as_u64() >= Some(3)),
-        "the worker put its list back on the queue"
+    let returned: u64 = service
+        .log_lines()
+        .iter()
+        .filter(|l| {
+            l["msg"]
+                == "returned orders this worker does not hold to the queue after a failed claim"
+        })
+        .filter_map(|l| l["count"].as_u64())
+        .sum();
+    assert_eq!(
+        returned, 3,
+        "the worker put back the 3 orders it did not hold"
+    );
+    assert_eq!(
+        redelivered(&cluster).await,
+        0,
+        "the orders it held were not delivered again"
     );
 }
 

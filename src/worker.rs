@@ -49,6 +49,9 @@ struct Ctx {
     /// Set when PostgreSQL was found unreachable: fetch loops stop claiming until it answers.
     db_down: AtomicBool,
     held: Arc<Held>,
+    /// Held (shared) by a fetch loop from a claim until what it claimed is counted in `held`;
+    /// taken alone to compare the processing list with `held`.
+    claiming: tokio::sync::RwLock<()>,
     log: Logger,
 }
 
@@ -147,6 +150,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         retry_max: Duration::from_millis(config.retry_max_ms),
         db_down: AtomicBool::new(false),
         held: Arc::default(),
+        claiming: tokio::sync::RwLock::new(()),
         log,
     });
     let lease = Duration::from_millis(config.lease_ms);
@@ -278,9 +282,8 @@ impl Fetcher {
         // Set when a claim failed: Redis may have moved orders into this process's list and lost
         // the reply (killed after writing its append-only file), and no reaper looks at the list
         // of a live worker. Before claiming again, what the list holds beyond what this process
-        // holds goes back to the queue. (An order another fetch loop is claiming at that moment
-        // may go back too; it is then delivered twice, and the attempt number stored with it
-        // fences out the stale delivery.)
+        // holds goes back to the queue, while no fetch loop is between a claim and counting what
+        // it claimed (`Ctx::claiming`).
         let mut unsure = false;
         'connect: while !shutdown.is_cancelled() {
             let mut conn = match ctx.queue.blocking_connection().await {
@@ -317,6 +320,7 @@ impl Fetcher {
                     },
                     _ = shutdown.cancelled() => return,
                 };
+                let claiming = ctx.claiming.read().await;
                 let first = match ctx.queue.claim(&mut conn, &ctx.processing).await {
                     Ok(Some(payload)) => payload,
                     Ok(None) => continue,
@@ -356,6 +360,7 @@ impl Fetcher {
                     let Some(slot) = slots.split(1) else { break };
                     let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));
                 }
+                drop(claiming);
             }
         }
     }
@@ -364,6 +369,7 @@ impl Fetcher {
 /// Puts what this process's processing list holds beyond what the process holds back on the
 /// queue; how many.
 async fn requeue_not_held(ctx: &Ctx) -> Result<u64, crate::queue::QueueError> {
+    let _no_claims = ctx.claiming.write().await;
     let listed = ctx.queue.processing_list(&ctx.processing).await?;
     let stranded = ctx.held.not_held(listed);
     if stranded.is_empty() {

@@ -160,7 +160,6 @@ pub async fn start(
             queue: queue.clone(),
             store: store.clone(),
             admin_token: config.admin_token().map(str::to_string),
-            max_queue_depth: config.max_queue_depth,
             roles: status.clone(),
             log: log.new(slog::o!("role" => "api")),
         });

@@ -348,7 +348,7 @@ impl Lua {
     /// An `EVALSHA` of this script, to which the caller adds the key count, keys and arguments.
     fn evalsha(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.1.get_or_init(|| Script::new(self.0)).get_hash());
+        cmd.arg(self.script().get_hash());
         cmd
     }
 
@@ -381,7 +381,6 @@ const ENQUEUE_ORDERS: usize = 2000;
 struct Submission {
     /// (order id, payload) of each order.
     orders: Vec<(String, String)>,
-    max_depth: u64,
     /// The idempotency key (full Redis key) and the record to keep under it.
     idempotency: Option<(String, String)>,
     reply: oneshot::Sender<Result<Enqueued, QueueError>>,
@@ -390,11 +389,12 @@ struct Submission {
 /// The enqueuer: takes every request waiting and enqueues them in one script call, then the
 /// next lot, so under load a round trip and a script run carry many orders (the script's own
 /// cost was two thirds of Redis's time per order when each request ran it alone). Each request
-/// still succeeds or fails on its own, all its orders or none. Ends when every [`Queue`] clone
-/// is gone.
+/// still succeeds or fails on its own, all its orders or none; refused when the queue would grow
+/// past `max_depth` (0: no limit). Ends when every [`Queue`] clone is gone.
 async fn enqueue_together(
     mut conn: ConnectionManager,
     keys: Arc<Keys>,
+    max_depth: u64,
     mut submissions: mpsc::Receiver<Submission>,
 ) {
     let mut waiting = Vec::with_capacity(ENQUEUE_REQUESTS);
@@ -402,32 +402,31 @@ async fn enqueue_together(
         let mut lot: Vec<Submission> = Vec::with_capacity(waiting.len());
         let mut orders = 0;
         for submission in waiting.drain(..) {
-            // One max depth per script call (all callers pass the configured one).
-            let other_depth = lot
-                .first()
-                .is_some_and(|s| s.max_depth != submission.max_depth);
-            if (orders + submission.orders.len() > ENQUEUE_ORDERS || other_depth) && !lot.is_empty()
-            {
-                enqueue_lot(&mut conn, &keys, std::mem::take(&mut lot)).await;
+            if orders + submission.orders.len() > ENQUEUE_ORDERS && !lot.is_empty() {
+                enqueue_lot(&mut conn, &keys, max_depth, std::mem::take(&mut lot)).await;
                 orders = 0;
             }
             orders += submission.orders.len();
             lot.push(submission);
         }
-        enqueue_lot(&mut conn, &keys, lot).await;
+        enqueue_lot(&mut conn, &keys, max_depth, lot).await;
     }
 }
 
 /// One script call for the requests of `lot`; answers each of them.
-async fn enqueue_lot(conn: &mut ConnectionManager, keys: &Keys, lot: Vec<Submission>) {
+async fn enqueue_lot(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    max_depth: u64,
+    lot: Vec<Submission>,
+) {
     let mut cmd = ENQUEUE.evalsha();
     let keyed = lot.iter().filter(|s| s.idempotency.is_some()).count();
     cmd.arg(2 + keyed).arg(&keys.queue).arg(&keys.pending);
     for (key, _) in lot.iter().filter_map(|s| s.idempotency.as_ref()) {
         cmd.arg(key);
     }
-    cmd.arg(IDEMPOTENCY_TTL_SECONDS)
-        .arg(lot.first().map_or(0, |s| s.max_depth));
+    cmd.arg(IDEMPOTENCY_TTL_SECONDS).arg(max_depth);
     let mut key_index = 2;
     for submission in &lot {
         let n = submission.orders.len() as i64;
@@ -512,7 +511,12 @@ impl Queue {
             })?;
         let keys = Arc::new(Keys::new(&config.redis_prefix));
         let (enqueuer, submissions) = mpsc::channel(ENQUEUER_BACKLOG);
-        tokio::spawn(enqueue_together(conn.clone(), keys.clone(), submissions));
+        tokio::spawn(enqueue_together(
+            conn.clone(),
+            keys.clone(),
+            config.max_queue_depth,
+            submissions,
+        ));
         Ok(Queue {
             conn,
             blocking,
@@ -540,13 +544,12 @@ impl Queue {
     }
 
     /// Puts accepted orders on the queue, all or none: refused when the queue would grow past
-    /// `max_depth` (0: no limit), or, with an idempotency key, answered with the record of the
+    /// `ORDERS_MAX_QUEUE_DEPTH` (0: no limit), or, with an idempotency key, answered with the record of the
     /// earlier request that used the key. The orders of requests made at the same time go to
     /// Redis together, in one script call (see [`enqueue_together`]).
     pub async fn enqueue(
         &self,
         jobs: &[Job],
-        max_depth: u64,
         idempotency: Option<(&str, &str)>,
     ) -> Result<Enqueued, QueueError> {
         if jobs.is_empty() {
@@ -558,7 +561,6 @@ impl Queue {
                 .iter()
                 .map(|job| (job.order_id.to_string(), job.to_payload()))
                 .collect(),
-            max_depth,
             idempotency: idempotency
                 .map(|(key, record)| (self.keys.idempotency(key), record.to_string())),
             reply,

@@ -427,12 +427,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
     // loops may have had a blocking pop waiting on the server when it was stopped; Redis serves
     // those as soon as the reaper refills the queue, so at most one order per fetch loop lands in
     // its list again (and waits for it to continue, or for the reaper's periodic scan).
-    let returned: u64 = other
-        .log_lines()
-        .iter()
-        .filter(|l| l["msg"] == "returned orders of dead workers to the queue")
-        .filter_map(|l| l["count"].as_u64())
-        .sum();
+    let returned = other.logged_count("returned orders of dead workers to the queue");
     assert!(
         returned as usize >= held.len(),
         "the other worker's reaper returned {returned} orders; the paused one held {}",
@@ -527,15 +522,9 @@ async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
     wait_until_settled(&cluster, &accepted, SETTLE).await;
     let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     tally.report(EventRule::ExactlyOne);
-    let returned: u64 = service
-        .log_lines()
-        .iter()
-        .filter(|l| {
-            l["msg"]
-                == "returned orders this worker does not hold to the queue after a failed claim"
-        })
-        .filter_map(|l| l["count"].as_u64())
-        .sum();
+    let returned = service.logged_count(
+        "returned orders this worker does not hold to the queue after a failed claim",
+    );
     assert_eq!(
         returned, 3,
         "the worker put back the 3 orders it did not hold"

@@ -1464,15 +1464,7 @@ async fn money_is_exact_from_request_to_database_to_response() {
     })
     .await;
     for ((sent, written), id) in totals.iter().zip(&ids) {
-        let text = app
-            .http
-            .get(app.url(&format!("/orders/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.get_text(&format!("/orders/{id}")).await;
         assert!(text.contains("\"completed\""), "{text}");
         check(sent, written, &text, "when completed");
         let stored: String = app
@@ -1484,15 +1476,7 @@ async fn money_is_exact_from_request_to_database_to_response() {
         assert_eq!(&stored, written, "total {sent} in PostgreSQL");
     }
     // And in the list.
-    let text = app
-        .http
-        .get(app.url("/orders?limit=500"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/orders?limit=500").await;
     let list: Value = serde_json::from_str(&text).unwrap();
     for order in list["orders"].as_array().unwrap() {
         let id: Uuid = order["order_id"].as_str().unwrap().parse().unwrap();

@@ -170,15 +170,7 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
         app.count_status("completed").await == 8
     })
     .await;
-    let text = app
-        .http
-        .get(app.url("/orders?customer_id=cents"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/orders?customer_id=cents").await;
     assert!(text.contains(r#""total":2.50"#), "{text}");
     app.cleanup().await;
 }

@@ -53,7 +53,7 @@ pub async fn create_order(
     let idempotency = idempotency_key.as_deref().zip(record.as_deref());
     let outcome = api
         .queue
-        .enqueue(std::slice::from_ref(&job), api.max_queue_depth, idempotency)
+        .enqueue(std::slice::from_ref(&job), idempotency)
         .await
         .map_err(reject)?;
     let order_id = match outcome {
@@ -115,11 +115,7 @@ pub async fn create_batch(
         .into_iter()
         .map(|o| Job::accept(o, now, Some(request_id.clone())))
         .collect();
-    let outcome = api
-        .queue
-        .enqueue(&jobs, api.max_queue_depth, None)
-        .await
-        .map_err(reject)?;
+    let outcome = api.queue.enqueue(&jobs, None).await.map_err(reject)?;
     if outcome == Enqueued::QueueFull {
         return Err(reject(ApiError::QueueFull));
     }

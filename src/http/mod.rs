@@ -29,8 +29,6 @@ pub struct Api {
     pub queue: Queue,
     pub store: Store,
     pub admin_token: Option<String>,
-    /// Queue depth past which orders are refused with 429 (0: no limit).
-    pub max_queue_depth: u64,
     /// The roles of this process and whether they run.
     pub roles: Arc<crate::RoleStatus>,
     pub log: Logger,

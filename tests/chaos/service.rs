@@ -120,6 +120,15 @@ impl Service {
         self.log_lines().into_iter().find(|l| l["msg"] == msg)
     }
 
+    /// The sum of the `count` field of every line logged with this message.
+    pub fn logged_count(&self, msg: &str) -> u64 {
+        self.log_lines()
+            .iter()
+            .filter(|l| l["msg"] == msg)
+            .filter_map(|l| l["count"].as_u64())
+            .sum()
+    }
+
     fn logged(&self, msg: &str) -> bool {
         self.find_log(msg).is_some()
     }

@@ -187,6 +187,18 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// The body of a GET, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("a body")
+    }
+
     /// POSTs a JSON value to /orders.
     pub async fn post_order(&self, body: &serde_json::Value) -> reqwest::Response {
         self.http

@@ -1,5 +1,5 @@
-//! The worker role: fetch loops claim orders from the queue (one blocking pop, then whatever else
-//! is already waiting, up to a batch, in one round trip) and hand them to the starter, which stores
+//! The worker role: fetch loops claim orders from the queue (whatever is waiting, up to a batch, in
+//! one round trip; a blocking pop when nothing is) and hand them to the starter, which stores
 //! what has been claimed as `processing`, a batch per statement; each order then sleeps its
 //! simulated processing time and goes to the completer, which completes, publishes and
 //! acknowledges whatever has finished, again a batch per round trip.
@@ -320,43 +320,53 @@ impl Fetcher {
                     },
                     _ = shutdown.cancelled() => return,
                 };
-                let claiming = ctx.claiming.read().await;
-                let first = match ctx.queue.claim(&mut conn, &ctx.processing).await {
-                    Ok(Some(payload)) => payload,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
-                        unsure = true;
-                        drop(deadpool_redis::Connection::take(conn));
-                        pause(&mut backoff, &shutdown).await;
-                        continue 'connect;
-                    }
-                };
-                // Then whatever else is waiting, up to a batch and the free slots (taken at once;
-                // one goes to each order, the rest return together); only after a pop that found
-                // an order, so that a deep queue is drained in batches and an idle one costs
-                // nothing more.
+                // First whatever is waiting, up to a batch and the free slots (taken at once; one
+                // goes to each order, the rest return together), without blocking; only when
+                // nothing was, the blocking pop. A deep queue is drained a batch per round trip,
+                // and under light load the order a pop returns goes on at once: the look at the
+                // queue that comes next is made while nothing waits on it.
                 let mut slots = slot;
                 let more = self.slots.available_permits().min(BATCH - 1) as u32;
-                let mut waiting = vec![first];
                 if let Ok(extra) = self.slots.clone().try_acquire_many_owned(more) {
                     slots.merge(extra);
-                    match ctx
-                        .queue
-                        .claim_waiting(&ctx.processing, more as usize)
-                        .await
-                    {
-                        Ok(payloads) => waiting.extend(payloads),
-                        // The first order goes on alone; the rest are in the queue or, when
-                        // the reply was lost, in the list, which goes back before the next pop.
+                }
+                let claiming = ctx.claiming.read().await;
+                let mut claimed = match ctx
+                    .queue
+                    .claim_waiting(&ctx.processing, slots.num_permits())
+                    .await
+                {
+                    Ok(payloads) => payloads,
+                    // Nothing was claimed, or the reply was lost with orders moved into the
+                    // list, which goes back before the next claim.
+                    Err(e) => {
+                        warn!(ctx.log, "claiming waiting orders failed"; "error" => %e);
+                        unsure = true;
+                        drop(claiming);
+                        pause(&mut backoff, &shutdown).await;
+                        continue;
+                    }
+                };
+                if claimed.is_empty() {
+                    // The pop may wait a while: the other slots go back meanwhile.
+                    if let Some(one) = slots.split(1) {
+                        slots = one;
+                    }
+                    match ctx.queue.claim(&mut conn, &ctx.processing).await {
+                        Ok(Some(payload)) => claimed.push(payload),
+                        Ok(None) => continue,
                         Err(e) => {
-                            warn!(ctx.log, "claiming more failed"; "error" => %e);
+                            warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
                             unsure = true;
+                            drop(claiming);
+                            drop(deadpool_redis::Connection::take(conn));
+                            pause(&mut backoff, &shutdown).await;
+                            continue 'connect;
                         }
                     }
                 }
                 backoff = Duration::from_millis(50);
-                for payload in waiting {
+                for payload in claimed {
                     let Some(slot) = slots.split(1) else { break };
                     let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));
                 }

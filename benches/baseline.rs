@@ -9,7 +9,7 @@
 //! trip (and the rest of the service's routing) costs.
 //!
 //! Listens on `ORDERS_LISTEN` (default 127.0.0.1:8090); stops on SIGINT/SIGTERM. Same runtime as
-//! the service: `#[tokio::main]`, multi-thread, default worker count.
+//! the service, `orders::runtime`, with as many threads (`ORDERS_THREADS`, the same default).
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -157,8 +157,12 @@ async fn create_order(body: Bytes, request_id: String) -> Result<Response, Rejec
     Ok(with_header(reply, REQUEST_ID, request_id).into_response())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let config = orders::config::Config::load()?;
+    orders::runtime(&config)?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let addr: SocketAddr = std::env::var("ORDERS_LISTEN")
         .unwrap_or_else(|_| "127.0.0.1:8090".into())
         .parse()

@@ -20,6 +20,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_token: String,
     pub processing_delay_ms: DelayRange,
+    pub threads: usize,
     pub workers: usize,
     pub max_in_flight: usize,
     pub max_attempts: u32,
@@ -159,6 +160,16 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// Threads of the async runtime: `threads`, or half the CPUs (at least one) when it is 0.
+    pub fn runtime_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
+            n => n,
+        }
     }
 
     /// The admin token, if one is configured.

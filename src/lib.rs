@@ -128,6 +128,14 @@ impl Running {
     }
 }
 
+/// The async runtime of a process, with [`Config::runtime_threads`] worker threads.
+pub fn runtime(config: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads())
+        .enable_all()
+        .build()
+}
+
 /// Applies the migrations and starts the chosen roles; they run until `shutdown`.
 pub async fn start(
     config: &Config,

@@ -25,10 +25,14 @@ enum Command {
     Migrate,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load().context("loading the configuration")?;
+    let runtime = orders::runtime(&config).context("starting the async runtime")?;
+    runtime.block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let (log, _flush_on_exit) = orders::telemetry::logger(&config);
     match cli.command.unwrap_or(Command::Serve { roles: Roles::ALL }) {
         Command::Migrate => {

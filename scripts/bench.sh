@@ -484,7 +484,7 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
         "$(mib "$INGEST_SVC_HWM")" "$(mib "$DRAIN_HWM")" "$(mib "$STEADY_HWM")"
     printf -- '- The service logged at `ORDERS_LOG_LEVEL=warning` (format term) into files, not the terminal, so that logging does not distort the numbers: %s lines in all (bench-results/bench-%s/*.service.log).\n' \
         "$LOG_LINES" "$STAMP"
-    printf -- '- The load generator, the service, Redis and PostgreSQL share the same %s CPUs; nothing else was stopped for the run.\n' "$(nproc)"
+    printf -- '- The load generator, the service, Redis and PostgreSQL share the same %s CPUs; nothing else was stopped for the run. The service and the baseline ran their default runtime threads (ORDERS_THREADS=0: half the CPUs, at least one).\n' "$(nproc)"
     printf -- '- Raw JSON of every run: bench-results/bench-%s/.\n' "$STAMP"
     printf '\nRuns (latencies in ms; sending s and accept/s are the sending phase, run wall s includes the wait for the last events; server CPU s is user + system time of the server process during the run; load exit code 1 = something missing, duplicated or a transport error):\n\n'
     printf '| run | accepted | rejected | errors | sending s | accept/s | HTTP p50 / p99 / max | completed | missing | dup | completion/s | e2e p50 / p99 / max | run wall s | server CPU s | exit |\n'

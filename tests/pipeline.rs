@@ -102,6 +102,54 @@ async fn an_accepted_order_is_visible_as_queued_before_any_worker_has_it() {
     app.cleanup().await;
 }
 
+/// Without a filter the list merges the newest of each status (there is no index on the time
+/// alone): every status in, pages newest first across them, nothing twice or left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unfiltered_list_pages_newest_first_across_statuses() {
+    let app = TestApp::spawn_with(Roles::parse("api").unwrap(), &[]).await;
+    let statuses = ["queued", "processing", "completed", "failed", "cancelled"];
+    // 23 orders a millisecond apart, the statuses in turn; two share a time (the id decides).
+    let mut expected: Vec<(i64, uuid::Uuid)> = Vec::new();
+    for i in 0..23i64 {
+        let id = uuid::Uuid::new_v4();
+        let ms = if i == 11 { 10 } else { i };
+        app.db
+            .execute(
+                "INSERT INTO orders (order_id, customer_id, total, status, accepted_at)
+                 VALUES ($1, 'merge', 1, $2, timestamptz '2026-01-01' + $3 * interval '1 ms')",
+                &[&id, &statuses[i as usize % 5], &(ms as f64)],
+            )
+            .await
+            .unwrap();
+        expected.push((ms, id));
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<String> = expected.iter().map(|(_, id)| id.to_string()).collect();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/orders?limit=4".to_string();
+        if let Some(c) = &cursor {
+            path += &format!("&cursor={c}");
+        }
+        let page: Value = app.get_json(&path).await;
+        let orders = page["orders"].as_array().unwrap();
+        assert!(orders.len() <= 4);
+        seen.extend(
+            orders
+                .iter()
+                .map(|o| o["order_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    app.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_by_status_and_customer_and_pages_newest_first() {
     let app = TestApp::spawn_with(Roles::ALL, &[]).await;

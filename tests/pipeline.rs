@@ -102,6 +102,31 @@ async fn an_accepted_order_is_visible_as_queued_before_any_worker_has_it() {
     app.cleanup().await;
 }
 
+/// The order ids of every page of `list` (a path ending in `?` or `&`), `limit` a page, following
+/// the cursor until there is none.
+async fn page_through(app: &TestApp, list: &str, limit: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("{list}limit={limit}");
+        if let Some(c) = &cursor {
+            path += &format!("&cursor={c}");
+        }
+        let page: Value = app.get_json(&path).await;
+        let orders = page["orders"].as_array().unwrap();
+        assert!(orders.len() <= limit);
+        seen.extend(
+            orders
+                .iter()
+                .map(|o| o["order_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return seen,
+        }
+    }
+}
+
 /// Without a filter the list merges the newest of each status (there is no index on the time
 /// alone): every status in, pages newest first across them, nothing twice or left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,26 +151,7 @@ async fn the_unfiltered_list_pages_newest_first_across_statuses() {
     expected.sort_by(|a, b| b.cmp(a));
     let expected: Vec<String> = expected.iter().map(|(_, id)| id.to_string()).collect();
 
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/orders?limit=4".to_string();
-        if let Some(c) = &cursor {
-            path += &format!("&cursor={c}");
-        }
-        let page: Value = app.get_json(&path).await;
-        let orders = page["orders"].as_array().unwrap();
-        assert!(orders.len() <= 4);
-        seen.extend(
-            orders
-                .iter()
-                .map(|o| o["order_id"].as_str().unwrap().to_string()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let seen = page_through(&app, "/orders?", 4).await;
     assert_eq!(seen, expected);
     app.cleanup().await;
 }
@@ -166,34 +172,7 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
     .await;
 
     // Pages of 3, newest first, through the cursor.
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = app.url("/orders?limit=3&status=completed");
-        if let Some(c) = &cursor {
-            url += &format!("&cursor={c}");
-        }
-        let page: Value = app
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let orders = page["orders"].as_array().unwrap();
-        assert!(orders.len() <= 3);
-        seen.extend(
-            orders
-                .iter()
-                .map(|o| o["order_id"].as_str().unwrap().to_string()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
-    }
+    let seen = page_through(&app, "/orders?status=completed&", 3).await;
     let newest_first: Vec<String> = ids.iter().rev().map(|id| id.to_string()).collect();
     assert_eq!(seen, newest_first);
 

@@ -177,14 +177,7 @@ impl TestApp {
 
     /// GETs `path` and returns its JSON body.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("GET")
-            .json()
-            .await
-            .expect("a JSON body")
+        serde_json::from_str(&self.get_text(path).await).expect("a JSON body")
     }
 
     /// The body of a GET, as text.

@@ -21,7 +21,7 @@ pub struct Config {
     pub admin_token: String,
     pub processing_delay_ms: DelayRange,
     pub threads: usize,
-    pub workers: usize,
+    pub fetch_loops: usize,
     pub max_in_flight: usize,
     pub max_attempts: u32,
     pub retry_base_ms: u64,
@@ -107,6 +107,13 @@ impl Config {
 
     /// Loads the configuration with `env` standing for the environment (tests pass their own).
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        // A renamed setting would otherwise be ignored without a word.
+        if env("ORDERS_WORKERS").is_some() {
+            return Err(ConfigError::Invalid(
+                "ORDERS_WORKERS was renamed ORDERS_FETCH_LOOPS (fetch loops per worker process)"
+                    .into(),
+            ));
+        }
         let mut table = parse_table(DEFAULTS, "config/default.toml")?;
         if let Some(path) = env("ORDERS_CONFIG") {
             let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -146,7 +153,7 @@ impl Config {
     fn check(self) -> Result<Config, ConfigError> {
         let positive = [
             ("db_pool_size", self.db_pool_size),
-            ("workers", self.workers),
+            ("fetch_loops", self.fetch_loops),
             ("max_in_flight", self.max_in_flight),
             ("max_attempts", self.max_attempts as usize),
             ("lease_ms", self.lease_ms as usize),
@@ -237,10 +244,14 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         assert!(matches!(
-            load(&[("ORDERS_WORKERS", "many")]),
+            load(&[("ORDERS_FETCH_LOOPS", "many")]),
             Err(ConfigError::Env { .. })
         ));
-        assert!(load(&[("ORDERS_WORKERS", "0")]).is_err());
+        assert!(load(&[("ORDERS_FETCH_LOOPS", "0")]).is_err());
+        assert!(matches!(
+            load(&[("ORDERS_WORKERS", "2")]),
+            Err(ConfigError::Invalid(m)) if m.contains("ORDERS_FETCH_LOOPS")
+        ));
         assert!(load(&[("ORDERS_PROCESSING_DELAY_MS", "3-1")]).is_err());
         assert!(load(&[("ORDERS_LOG_FORMAT", "xml")]).is_err());
         assert!(load(&[("ORDERS_LISTEN", "nowhere")]).is_err());

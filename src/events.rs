@@ -1,6 +1,7 @@
 //! Order events on Redis pub/sub, and the notifier that turns `order.completed` into customer
 //! notifications, once per order.
 
+use crate::backoff::Backoff;
 use crate::order::{Job, Money, Status};
 use crate::store::Store;
 use crate::Shutdown;
@@ -99,26 +100,23 @@ pub async fn run_notifier(
     // Events go through a channel to one sender, which records them a batch per transaction.
     let (events, received) = mpsc::unbounded_channel();
     let sender = tokio::spawn(send_notifications(store.clone(), received, log.clone()));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let mut pubsub = match client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
-                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e, "in_ms" => backoff.as_millis() as u64);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e);
+                backoff.wait(&shutdown).await;
                 continue;
             }
         };
         if let Err(e) = pubsub.subscribe(&channel).await {
             warn!(log, "subscribe failed, retrying"; "error" => %e);
+            backoff.wait(&shutdown).await;
             continue;
         }
         info!(log, "subscribed"; "channel" => &channel);
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(catch_up);
         loop {

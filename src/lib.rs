@@ -2,6 +2,7 @@
 //! workers that persist and process them in PostgreSQL and publish `order.completed`, and a
 //! notifier that tells each customer once.
 
+pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod http;
@@ -22,7 +23,7 @@ use tokio::task::JoinSet;
 pub type Shutdown = tokio_util::sync::CancellationToken;
 
 /// mimalloc for every binary of the crate (the service, the baseline and the load tool alike):
-/// glibc's malloc and free were 18% of the API's CPU time under load (`perf record`).
+/// glibc's malloc and free were a large share of the API's CPU time under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

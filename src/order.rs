@@ -197,12 +197,13 @@ struct OrderBody<'a> {
     total: &'a RawValue,
 }
 
-/// A valid order that has not been accepted yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A valid order that has not been accepted yet. Its fields are private and it has no
+/// `Deserialize`: the parse constructors are the only way to make one, so it is always valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewOrder {
-    pub customer_id: String,
-    pub items: Vec<String>,
-    pub total: Money,
+    customer_id: String,
+    items: Vec<String>,
+    total: Money,
 }
 
 impl NewOrder {
@@ -221,6 +222,13 @@ impl NewOrder {
             .enumerate()
             .map(|(i, raw)| NewOrder::parse(raw.get().as_bytes()).map_err(|e| (Some(i), e)))
             .collect()
+    }
+
+    /// The order as validated, in JSON with a fixed field order: what an `Idempotency-Key`
+    /// compares, so the same order sent with other spacing or key order is the same body.
+    pub fn canonical_json(&self) -> String {
+        // Plain strings and a number: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     fn from_body(body: OrderBody<'_>) -> Result<NewOrder, InvalidOrder> {

@@ -4,8 +4,8 @@
 //! Each record is formatted on the thread that logs it, into a line of its own, and handed to one
 //! writer thread. The writer writes every line that is waiting with one call and flushes when none
 //! is left, so a burst costs a few system calls, not one per line (slog-term writes a line to an
-//! unbuffered stream in four or five pieces: at info level, with four lines per order, that was a
-//! third of the API's CPU under load). When 65,536 lines wait, loggers block until the writer
+//! unbuffered stream in four or five pieces, which at info level dominated the API's CPU under
+//! load). When 65,536 lines wait, loggers block until the writer
 //! catches up: a burst slows down, no line is dropped.
 
 use crate::config::{Config, LogFormat};

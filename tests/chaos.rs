@@ -401,7 +401,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
         ("ORDERS_LEASE_MS", "1000"),
-        ("ORDERS_WORKERS", &FETCH_LOOPS.to_string()),
+        ("ORDERS_FETCH_LOOPS", &FETCH_LOOPS.to_string()),
     ];
     let api = Service::start(&cluster, "api", "api,notifier", &settings).await;
     let paused = Service::start(&cluster, "paused", "worker", &settings).await;

@@ -427,12 +427,15 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
         ("ORDERS_REDIS_PREFIX".to_string(), prefix.clone()),
     ]);
     let config = orders::config::Config::load_from(|k| vars.get(k).cloned()).unwrap();
-    let queue = orders::queue::Queue::connect(&config).await.unwrap();
+    let queue = orders::queue::Queue::connect(&config)
+        .await
+        .unwrap()
+        .for_worker("w", "unused");
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let (queue_key, processing) = (
-        queue.keys().queue().to_string(),
-        queue.keys().processing("w"),
+        queue.queue().keys().queue().to_string(),
+        queue.queue().keys().processing("w"),
     );
     // Pushed as the API does, newest at the head: o1 is the oldest.
     for o in ["o1", "o2", "o3", "o4", "o5"] {
@@ -445,13 +448,9 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
             .map(|p| String::from_utf8(p).unwrap())
             .collect::<Vec<_>>()
     };
-    assert!(queue
-        .claim_waiting(&processing, 0)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(queue.claim_waiting(0).await.unwrap().is_empty());
     assert_eq!(
-        text(queue.claim_waiting(&processing, 3).await.unwrap()),
+        text(queue.claim_waiting(3).await.unwrap()),
         ["o1", "o2", "o3"]
     );
     let range = |key: String| {
@@ -464,20 +463,13 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
     };
     assert_eq!(range(queue_key.clone()).await, ["o5", "o4"]);
     assert_eq!(range(processing.clone()).await, ["o3", "o2", "o1"]);
-    assert_eq!(
-        text(queue.claim_waiting(&processing, 10).await.unwrap()),
-        ["o4", "o5"]
-    );
+    assert_eq!(text(queue.claim_waiting(10).await.unwrap()), ["o4", "o5"]);
     assert!(range(queue_key.clone()).await.is_empty());
     assert_eq!(
         range(processing.clone()).await,
         ["o5", "o4", "o3", "o2", "o1"]
     );
-    assert!(queue
-        .claim_waiting(&processing, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(queue.claim_waiting(10).await.unwrap().is_empty());
     let _: () = redis::AsyncCommands::del(&mut redis, &[&queue_key, &processing])
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 use super::{Api, ApiError, MAX_BATCH};
 use crate::events::{Event, CANCELLED_CHANNEL};
 use crate::order::{Job, NewOrder, Status};
-use crate::queue::{Enqueued, Removal};
+use crate::queue::{Enqueued, Removal, Replay};
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -45,12 +45,13 @@ pub async fn create_order(
     }
     // What the key remembers: the order id and the order as validated, so that the same order
     // sent with other spacing or key order still counts as the same body.
-    let canonical = idempotency_key
-        .as_ref()
-        .map(|_| serde_json::to_string(&order).unwrap_or_default());
+    let canonical = idempotency_key.as_ref().map(|_| order.canonical_json());
     let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()));
-    let record = canonical.as_ref().map(|c| format!("{} {c}", job.order_id));
-    let idempotency = idempotency_key.as_deref().zip(record.as_deref());
+    let replay = canonical.map(|body| Replay {
+        order_id: job.order_id,
+        body,
+    });
+    let idempotency = idempotency_key.as_deref().zip(replay.as_ref());
     let outcome = api
         .queue
         .enqueue(std::slice::from_ref(&job), idempotency)
@@ -60,18 +61,17 @@ pub async fn create_order(
         Enqueued::Accepted => {
             metrics::counter!(crate::stats::ACCEPTED).increment(1);
             info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
-            job.order_id.to_string()
+            job.order_id
         }
         Enqueued::QueueFull => return Err(reject(ApiError::QueueFull)),
-        Enqueued::Seen(record) => {
-            let (first_id, first_body) = record.split_once(' ').unwrap_or((&record, ""));
-            if Some(first_body) != canonical.as_deref() {
+        Enqueued::Seen(first) => {
+            if Some(&first.body) != replay.as_ref().map(|r| &r.body) {
                 return Err(reject(ApiError::Conflict(
                     "this Idempotency-Key was used with a different body".into(),
                 )));
             }
-            info!(api.log, "idempotent replay"; "order_id" => first_id, "request_id" => &request_id);
-            first_id.to_string()
+            info!(api.log, "idempotent replay"; "order_id" => %first.order_id, "request_id" => &request_id);
+            first.order_id
         }
     };
     let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));

@@ -30,6 +30,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+mod report;
+use report::{sustained_rate, Percentiles, Report};
+
 /// Time limit of one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest batch the service accepts.
@@ -341,110 +344,6 @@ async fn subscribe(
     Ok(())
 }
 
-/// p50/p90/p99/max in milliseconds.
-#[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(h: &Hist) -> Self {
-        let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
-        let q = |q| ms(h.0.value_at_quantile(q));
-        Percentiles {
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-            max: ms(h.0.max()),
-        }
-    }
-}
-
-/// The final report, printed as a table or as JSON.
-#[derive(Serialize)]
-struct Report {
-    sent: u64,
-    accepted: u64,
-    rejected: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_error: Option<String>,
-    elapsed_s: f64,
-    accept_rate: f64,
-    http_latency_ms: Percentiles,
-    events_measured: bool,
-    completed: u64,
-    missing: u64,
-    duplicated: u64,
-    ignored_events: u64,
-    completion_rate: f64,
-    /// Completions per second while the run is in full swing: between the 10th and the 90th
-    /// percentile of completion times, so the fill at the start and the drain of the last
-    /// orders (whose processing times no service can shorten) are left out.
-    sustained_completion_rate: f64,
-    end_to_end_ms: Percentiles,
-}
-
-impl Report {
-    fn print_table(&self) {
-        let row = |name: &str, value: String| println!("{name:<20}{value}");
-        let pct = |p: &Percentiles| {
-            format!(
-                "p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2} ms",
-                p.p50, p.p90, p.p99, p.max
-            )
-        };
-        let rejected: Vec<String> = self
-            .rejected
-            .iter()
-            .map(|(c, n)| format!("{n} ({c})"))
-            .collect();
-        row("sent", self.sent.to_string());
-        row("accepted", self.accepted.to_string());
-        row(
-            "rejected",
-            if rejected.is_empty() {
-                "0".into()
-            } else {
-                rejected.join(", ")
-            },
-        );
-        row("transport errors", self.transport_errors.to_string());
-        if let Some(e) = &self.first_error {
-            row("  first error", e.clone());
-        }
-        row("elapsed", format!("{:.2} s", self.elapsed_s));
-        row("accept rate", format!("{:.1} orders/s", self.accept_rate));
-        row("HTTP latency", pct(&self.http_latency_ms));
-        if !self.events_measured {
-            return row("events", "not measured (--no-events)".into());
-        }
-        row("completed events", self.completed.to_string());
-        row("missing", self.missing.to_string());
-        row("duplicated", self.duplicated.to_string());
-        if self.ignored_events > 0 {
-            row(
-                "ignored events",
-                format!("{} (not a completed event)", self.ignored_events),
-            );
-        }
-        row(
-            "completion rate",
-            format!("{:.1} orders/s", self.completion_rate),
-        );
-        row(
-            "  sustained",
-            format!(
-                "{:.1} orders/s (10th to 90th percentile of completions)",
-                self.sustained_completion_rate
-            ),
-        );
-        row("end-to-end", pct(&self.end_to_end_ms));
-    }
-}
-
 fn progress_bar(multi: &MultiProgress, len: u64, label: &'static str) -> ProgressBar {
     let style =
         ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} ({per_sec}) {elapsed}")
@@ -558,21 +457,6 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     })
 }
 
-/// Completions per second between the 10th and the 90th percentile of completion times.
-fn sustained_rate(completions: &mut [Instant]) -> f64 {
-    completions.sort_unstable();
-    let n = completions.len();
-    if n < 10 {
-        return 0.0;
-    }
-    let (from, to) = (n / 10, n - 1 - n / 10);
-    let span = completions[to].saturating_duration_since(completions[from]);
-    if span.is_zero() {
-        return 0.0;
-    }
-    (to - from) as f64 / span.as_secs_f64()
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -591,23 +475,4 @@ async fn main() -> ExitCode {
     }
     let clean = report.missing == 0 && report.duplicated == 0 && report.transport_errors == 0;
     ExitCode::from(if clean { 0 } else { 1 })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sustained_rate_leaves_out_the_fill_and_the_tail() {
-        let start = Instant::now();
-        // 100 completions, one every 10 ms, then a straggler 5 s later.
-        let mut at: Vec<Instant> = (0..100)
-            .map(|i| start + Duration::from_millis(10 * i))
-            .collect();
-        at.push(start + Duration::from_secs(6));
-        at.reverse();
-        let rate = sustained_rate(&mut at);
-        assert!((rate - 100.0).abs() < 1.0, "{rate}");
-        assert_eq!(sustained_rate(&mut at[..5].to_vec()), 0.0);
-    }
 }

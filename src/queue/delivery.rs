@@ -1,0 +1,176 @@
+//! Delivery: what one worker process does with the queue. It claims orders into its own
+//! processing list (atomically, so a crash cannot lose one), then either publishes their events
+//! and acknowledges them, schedules a retry ([`super::retry`]) or dead-letters them.
+
+use super::script::Lua;
+use super::{Queue, QueueError};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use uuid::Uuid;
+
+static CLAIM_WAITING: Lua = Lua::new(include_str!("claim_waiting.lua"));
+static REQUEUE: Lua = Lua::new(include_str!("requeue.lua"));
+static PUBLISH_AND_ACKNOWLEDGE: Lua = Lua::new(include_str!("publish_and_acknowledge.lua"));
+
+/// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
+const CLAIM_BLOCK_SECONDS: f64 = 1.0;
+
+/// One order to acknowledge: its payload as claimed, and the event to publish, if any.
+pub struct Ack<'a> {
+    pub payload: &'a [u8],
+    pub order_id: Uuid,
+    pub event: Option<String>,
+}
+
+/// The queue as one worker process uses it: bound to its id (and so its processing list and
+/// lease) and to the channel its completion events go to.
+#[derive(Clone)]
+pub struct WorkerQueue {
+    pub(super) queue: Queue,
+    pub(super) worker_id: String,
+    pub(super) processing: String,
+    channel: String,
+}
+
+impl Queue {
+    /// The handle of worker process `worker_id`, publishing completions on `channel`.
+    pub fn for_worker(&self, worker_id: &str, channel: &str) -> WorkerQueue {
+        WorkerQueue {
+            queue: self.clone(),
+            worker_id: worker_id.to_string(),
+            processing: self.keys.processing(worker_id),
+            channel: channel.to_string(),
+        }
+    }
+
+    /// Publishes an event with no queue change (a cancellation from the API).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), QueueError> {
+        self.conn().publish::<_, _, ()>(channel, message).await?;
+        Ok(())
+    }
+}
+
+impl WorkerQueue {
+    /// The whole queue, for what is not one worker's (the reaper, promotion).
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// This worker process's id.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// A connection for one fetch loop's blocking pops. Drop it with
+    /// [`deadpool_redis::Connection::take`] after an error, so a broken one is not reused.
+    pub async fn blocking_connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.queue.blocking.get().await?)
+    }
+
+    /// Waits up to a second for the next order and moves it, atomically, from the queue into
+    /// this worker's processing list, where it stays until acknowledged.
+    pub async fn claim(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<Vec<u8>>, QueueError> {
+        let payload: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(self.queue.keys.queue())
+            .arg(&self.processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(CLAIM_BLOCK_SECONDS)
+            .query_async(conn)
+            .await?;
+        Ok(payload)
+    }
+
+    /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,
+    /// so a deep queue is drained in batches; moved atomically like [`WorkerQueue::claim`].
+    pub async fn claim_waiting(&self, n: usize) -> Result<Vec<Vec<u8>>, QueueError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(CLAIM_WAITING
+            .call(&[self.queue.keys.queue(), &self.processing])
+            .arg(n)
+            .run(&mut self.queue.conn())
+            .await?)
+    }
+
+    /// Everything in this worker's processing list.
+    pub async fn processing_list(&self) -> Result<Vec<Vec<u8>>, QueueError> {
+        Ok(self.queue.conn().lrange(&self.processing, 0, -1).await?)
+    }
+
+    /// Moves these orders from the processing list back to the queue, to be claimed next (after
+    /// a claim whose reply may have been lost); how many were still in the list.
+    pub async fn requeue(&self, payloads: &[Vec<u8>]) -> Result<u64, QueueError> {
+        let mut call = REQUEUE.call(&[&self.processing, self.queue.keys.queue()]);
+        for payload in payloads {
+            call.arg(payload.as_slice());
+        }
+        Ok(call.run(&mut self.queue.conn()).await?)
+    }
+
+    /// Publishes the event of each order that has one, drops the orders from the processing list
+    /// and the pending hash, and counts the completions, in one atomic round trip. `ack_id` names
+    /// this acknowledgement: retried after a lost reply (Redis restarted), it does nothing the
+    /// second time, so no event goes out twice. The id is remembered for 120 s.
+    pub async fn publish_and_acknowledge(
+        &self,
+        acks: &[Ack<'_>],
+        ack_id: &str,
+    ) -> Result<(), QueueError> {
+        let keys = &self.queue.keys;
+        // Completions per second, for "completed in the last minute" without a table scan.
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (counter, marker) = (keys.completed(second), keys.ack(ack_id));
+        let mut call =
+            PUBLISH_AND_ACKNOWLEDGE.call(&[&self.processing, keys.pending(), &counter, &marker]);
+        call.arg(&self.channel);
+        for ack in acks {
+            call.arg(ack.payload)
+                .arg(ack.order_id.to_string())
+                .arg(ack.event.as_deref().unwrap_or(""));
+        }
+        call.run::<i64>(&mut self.queue.conn()).await?;
+        Ok(())
+    }
+
+    /// Moves a payload that will never succeed, or whose attempts ran out, from the processing
+    /// list to the dead letters, publishing `failed_event` (if any) on `order.failed`, in one
+    /// atomic round trip.
+    pub async fn dead_letter_and_publish(
+        &self,
+        payload: &[u8],
+        order_id: Option<Uuid>,
+        errors: &[String],
+        failed_event: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let entry = serde_json::json!({
+            "order_id": order_id,
+            "payload": String::from_utf8_lossy(payload),
+            "errors": errors,
+            "failed_at": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        });
+        let keys = &self.queue.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if let Some(message) = failed_event {
+            pipe.publish(crate::events::FAILED_CHANNEL, message)
+                .ignore();
+        }
+        pipe.lpush(keys.dead(), entry.to_string()).ignore();
+        pipe.lrem(&self.processing, -1, payload).ignore();
+        if let Some(id) = order_id {
+            pipe.hdel(keys.pending(), id.to_string()).ignore();
+        }
+        pipe.query_async::<()>(&mut self.queue.conn()).await?;
+        Ok(())
+    }
+}

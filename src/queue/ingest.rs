@@ -1,0 +1,217 @@
+//! Ingest: the enqueuer, which puts the orders of concurrent requests on the queue in one script
+//! call, and the lookup of an accepted order that no worker has acknowledged yet.
+
+use super::script::Lua;
+use super::{Keys, Queue, QueueError};
+use crate::order::Job;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+static ENQUEUE: Lua = Lua::new(include_str!("enqueue.lua"));
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_SECONDS: u64 = 24 * 3600;
+
+/// Requests waiting for the enqueuer, at most; more wait to be let in.
+const ENQUEUER_BACKLOG: usize = 1024;
+/// Requests one enqueue script call takes, at most.
+const ENQUEUE_REQUESTS: usize = 128;
+/// Orders one enqueue script call takes, at most (a request is never split).
+const ENQUEUE_ORDERS: usize = 2000;
+
+/// What an `Idempotency-Key` remembers: the order it made and the order as validated (its
+/// canonical JSON), so the same order sent with other spacing or key order counts as the same
+/// body. Kept in Redis as `"<order id> <canonical body>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub order_id: Uuid,
+    pub body: String,
+}
+
+impl Replay {
+    fn encode(&self) -> String {
+        format!("{} {}", self.order_id, self.body)
+    }
+
+    fn decode(record: &str) -> Option<Replay> {
+        let (id, body) = record.split_once(' ')?;
+        Some(Replay {
+            order_id: Uuid::try_parse(id).ok()?,
+            body: body.to_string(),
+        })
+    }
+}
+
+/// What [`Queue::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Accepted,
+    /// Nothing enqueued: the queue is at its configured depth.
+    QueueFull,
+    /// Nothing enqueued: the idempotency key was used before, by this order.
+    Seen(Replay),
+}
+
+/// One request's orders on their way to the queue.
+pub(super) struct Submission {
+    /// (order id, payload) of each order.
+    orders: Vec<(String, String)>,
+    /// The idempotency key (full Redis key) and the record to keep under it.
+    idempotency: Option<(String, String)>,
+    reply: oneshot::Sender<Result<Enqueued, QueueError>>,
+}
+
+impl Queue {
+    /// Puts accepted orders on the queue, all or none: refused when the queue would grow past
+    /// its max depth (`ORDERS_MAX_QUEUE_DEPTH`, 0: no limit), or, with an idempotency key and
+    /// what it should remember, answered with what the earlier request that used the key
+    /// remembered. Requests made at the same time go to Redis together, in one script call.
+    pub async fn enqueue(
+        &self,
+        jobs: &[Job],
+        idempotency: Option<(&str, &Replay)>,
+    ) -> Result<Enqueued, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Enqueued::Accepted);
+        }
+        let (reply, answer) = oneshot::channel();
+        let submission = Submission {
+            orders: jobs
+                .iter()
+                .map(|job| (job.order_id.to_string(), job.to_payload()))
+                .collect(),
+            idempotency: idempotency
+                .map(|(key, replay)| (self.keys.idempotency(key), replay.encode())),
+            reply,
+        };
+        self.enqueuer
+            .send(submission)
+            .await
+            .map_err(|_| QueueError::EnqueuerStopped)?;
+        answer.await.map_err(|_| QueueError::EnqueuerStopped)?
+    }
+
+    /// An accepted order that no worker has acknowledged yet.
+    pub async fn pending(&self, order_id: Uuid) -> Result<Option<Job>, QueueError> {
+        let payload: Option<Vec<u8>> = self
+            .conn()
+            .hget(self.keys.pending(), order_id.to_string())
+            .await?;
+        Ok(payload.and_then(|p| Job::parse(&p).ok()))
+    }
+}
+
+/// Starts the enqueuer task; it ends when every sender (every [`Queue`] clone) is gone.
+pub(super) fn start_enqueuer(
+    conn: ConnectionManager,
+    keys: Arc<Keys>,
+    max_depth: u64,
+) -> mpsc::Sender<Submission> {
+    let (enqueuer, submissions) = mpsc::channel(ENQUEUER_BACKLOG);
+    tokio::spawn(enqueue_together(conn, keys, max_depth, submissions));
+    enqueuer
+}
+
+/// Takes every request waiting and enqueues them in one script call, then the next lot, so under
+/// load one round trip and one script run carry many orders. Each request still succeeds or
+/// fails on its own, all its orders or none.
+async fn enqueue_together(
+    mut conn: ConnectionManager,
+    keys: Arc<Keys>,
+    max_depth: u64,
+    mut submissions: mpsc::Receiver<Submission>,
+) {
+    let mut waiting = Vec::with_capacity(ENQUEUE_REQUESTS);
+    while submissions.recv_many(&mut waiting, ENQUEUE_REQUESTS).await > 0 {
+        let mut lot: Vec<Submission> = Vec::with_capacity(waiting.len());
+        let mut orders = 0;
+        for submission in waiting.drain(..) {
+            if orders + submission.orders.len() > ENQUEUE_ORDERS && !lot.is_empty() {
+                enqueue_lot(&mut conn, &keys, max_depth, std::mem::take(&mut lot)).await;
+                orders = 0;
+            }
+            orders += submission.orders.len();
+            lot.push(submission);
+        }
+        enqueue_lot(&mut conn, &keys, max_depth, lot).await;
+    }
+}
+
+/// One script call for the requests of `lot`; answers each of them.
+async fn enqueue_lot(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    max_depth: u64,
+    lot: Vec<Submission>,
+) {
+    let mut call_keys = vec![keys.queue(), keys.pending()];
+    call_keys.extend(
+        lot.iter()
+            .filter_map(|s| s.idempotency.as_ref())
+            .map(|(key, _)| key.as_str()),
+    );
+    let mut call = ENQUEUE.call(&call_keys);
+    call.arg(IDEMPOTENCY_TTL_SECONDS).arg(max_depth);
+    let mut key_index = 2;
+    for submission in &lot {
+        let n = submission.orders.len() as i64;
+        match &submission.idempotency {
+            Some((_, record)) => {
+                key_index += 1;
+                call.arg(-n).arg(key_index).arg(record);
+            }
+            None => {
+                call.arg(n);
+            }
+        }
+        for (id, payload) in &submission.orders {
+            call.arg(id).arg(payload);
+        }
+    }
+    match call.run::<Vec<String>>(conn).await {
+        Ok(reply) => {
+            let mut reply = reply.into_iter();
+            let status = reply.next().unwrap_or_default();
+            let mut status = status.bytes();
+            for submission in lot {
+                let outcome = match status.next() {
+                    Some(b'o') => Ok(Enqueued::Accepted),
+                    Some(b'f') => Ok(Enqueued::QueueFull),
+                    Some(b's') => reply
+                        .next()
+                        .as_deref()
+                        .and_then(Replay::decode)
+                        .map(Enqueued::Seen)
+                        .ok_or(QueueError::EnqueueReply),
+                    _ => Err(QueueError::EnqueueReply),
+                };
+                let _ = submission.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for submission in lot {
+                let _ = submission.reply.send(Err(QueueError::Enqueue(e.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_record_round_trips() {
+        let replay = Replay {
+            order_id: Uuid::now_v7(),
+            body: r#"{"customer_id":"c d","items":["a"],"total":1.00}"#.into(),
+        };
+        assert_eq!(Replay::decode(&replay.encode()), Some(replay));
+        assert_eq!(Replay::decode("not-an-id {}"), None);
+        assert_eq!(Replay::decode("no-space"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The names of the Redis keys under one prefix, all inside one hash tag (`{orders}:…`) so they
+//! share a Redis Cluster slot and every script may touch any of them.
+//!
+//! - `queue`: the list orders wait on (LPUSH in, taken from the right);
+//! - `processing:<worker>`: what one worker process holds, until acknowledged;
+//! - `pending`: hash order id → payload of every accepted order not yet acknowledged, so
+//!   `GET /orders/{id}` sees an order as `queued` from the moment its POST returned;
+//! - `workers` and `heartbeat:<worker>`: live worker processes and their leases;
+//! - `scheduled`: sorted set of orders waiting to be retried, scored by due time (ms);
+//! - `idempotency:<key>`: the order an `Idempotency-Key` made, for 24 h;
+//! - `dead`: dead letters (payload, errors, time);
+//! - `completed:<unix second>`: completions in that second, for "completed in the last minute";
+//! - `ack:<id>`: the marker of one acknowledgement, so a retried one does nothing twice.
+
+/// The key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    tag: String,
+    queue: String,
+    pending: String,
+    dead: String,
+    workers: String,
+    scheduled: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`, wrapped in a hash tag.
+    pub fn new(prefix: &str) -> Keys {
+        let tag = format!("{{{prefix}}}:");
+        Keys {
+            queue: format!("{tag}queue"),
+            pending: format!("{tag}pending"),
+            dead: format!("{tag}dead"),
+            workers: format!("{tag}workers"),
+            scheduled: format!("{tag}scheduled"),
+            tag,
+        }
+    }
+
+    /// `{prefix}:`, which scripts prepend to the names they build themselves.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The list orders wait on.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The hash of accepted, unacknowledged orders.
+    pub fn pending(&self) -> &str {
+        &self.pending
+    }
+
+    /// The dead-letter list.
+    pub fn dead(&self) -> &str {
+        &self.dead
+    }
+
+    /// The set of registered worker processes.
+    pub fn workers(&self) -> &str {
+        &self.workers
+    }
+
+    /// The sorted set of scheduled retries.
+    pub fn scheduled(&self) -> &str {
+        &self.scheduled
+    }
+
+    /// The list of orders one worker process holds.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}processing:{worker}", self.tag)
+    }
+
+    /// The lease of one worker process.
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}heartbeat:{worker}", self.tag)
+    }
+
+    /// The record of one `Idempotency-Key`.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idempotency:{key}", self.tag)
+    }
+
+    /// The completion counter of one Unix second.
+    pub fn completed(&self, second: u64) -> String {
+        format!("{}completed:{second}", self.tag)
+    }
+
+    /// The marker of one acknowledgement.
+    pub fn ack(&self, ack_id: &str) -> String {
+        format!("{}ack:{ack_id}", self.tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = Keys::new("shop");
+        assert_eq!(keys.queue(), "{shop}:queue");
+        assert_eq!(keys.processing("w1"), "{shop}:processing:w1");
+        assert_eq!(keys.heartbeat("w1"), "{shop}:heartbeat:w1");
+        assert_eq!(keys.dead(), "{shop}:dead");
+    }
+}

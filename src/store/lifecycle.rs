@@ -1,0 +1,249 @@
+//! An order's status changes: stored as `processing`, completed, failed, cancelled, failed
+//! made `queued` again, deleted. Each is one conditional statement, so a stale or duplicate
+//! delivery changes nothing.
+
+use super::{Store, StoreError};
+use crate::order::{Job, Status};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// What happened to a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Cancelled,
+    NotFound,
+    /// The order is already final in this status.
+    Final(Status),
+}
+
+impl Store {
+    /// Stores delivered orders with status `processing` (with their items, in one statement and
+    /// so one transaction), counting the delivery in `attempts`. Returns, for each order that may
+    /// go on, the attempt number that fences this delivery's later updates; orders already final
+    /// (a duplicate or stale delivery, or an order cancelled while queued) are left out.
+    /// The order ids must be distinct.
+    ///
+    /// This commit does not wait for its WAL flush (`synchronous_commit` off for this one
+    /// statement): until the order is acknowledged its truth is the worker's processing list in
+    /// Redis, and the completion's commit, which does wait, flushes this one with it. A crash of
+    /// PostgreSQL before then can only undo the `processing` row, which the redelivery writes
+    /// again.
+    pub async fn begin_processing(&self, jobs: &[&Job]) -> Result<HashMap<Uuid, i32>, StoreError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut customers = Vec::with_capacity(jobs.len());
+        let mut cents = Vec::with_capacity(jobs.len());
+        let mut accepted = Vec::with_capacity(jobs.len());
+        let (mut item_ids, mut positions, mut items) = (Vec::new(), Vec::new(), Vec::new());
+        for job in jobs {
+            ids.push(job.order_id);
+            customers.push(job.customer_id.as_str());
+            cents.push(job.total.cents());
+            accepted.push(job.accepted_at);
+            for (i, item) in job.items.iter().enumerate() {
+                item_ids.push(job.order_id);
+                positions.push(i as i32 + 1);
+                items.push(item.as_str());
+            }
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH o AS (
+                    INSERT INTO orders (order_id, customer_id, total, status, attempts,
+                                        accepted_at, processing_started_at)
+                    SELECT t.order_id, t.customer_id, t.cents / 100.0, 'processing', 1,
+                           t.accepted_at, now()
+                    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[])
+                         AS t(order_id, customer_id, cents, accepted_at)
+                    ON CONFLICT (order_id) DO UPDATE
+                        SET status = 'processing', attempts = orders.attempts + 1,
+                            processing_started_at = now(), updated_at = now()
+                        WHERE orders.status IN ('queued', 'processing')
+                    RETURNING order_id, attempts, (xmax = 0) AS inserted
+                 ), i AS (
+                    INSERT INTO order_items (order_id, position, item)
+                    SELECT t.order_id, t.position, t.item
+                    FROM unnest($5::uuid[], $6::int4[], $7::text[]) AS t(order_id, position, item)
+                    WHERE t.order_id IN (SELECT order_id FROM o WHERE inserted)
+                    ON CONFLICT DO NOTHING
+                 ), lazy AS (
+                    SELECT set_config('synchronous_commit', 'off', true)
+                 )
+                 SELECT order_id, attempts FROM o, lazy",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &ids, &customers, &cents, &accepted, &item_ids, &positions, &items,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Marks orders completed if each is still `processing` under its attempt, and makes their
+    /// notifications due, in one statement. (`IS NOT DISTINCT FROM`, which is `=` for a status
+    /// that is never null, is no index condition: the orders are found by their key, never
+    /// through the status index, whose `processing` entries are mostly orders completed since the
+    /// last vacuum.) Returns the completion time of those it completed, by order and attempt (two
+    /// deliveries of one order can be in one batch); the others were cancelled or redelivered
+    /// meanwhile.
+    pub async fn complete(
+        &self,
+        ids: &[Uuid],
+        attempts: &[i32],
+    ) -> Result<HashMap<(Uuid, i32), OffsetDateTime>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH c AS (
+                    UPDATE orders o
+                    SET status = 'completed', completed_at = now(), updated_at = now()
+                    FROM unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
+                    WHERE o.order_id = t.order_id AND o.attempts = t.attempts
+                      AND o.status IS NOT DISTINCT FROM 'processing'
+                    RETURNING o.order_id, o.attempts, o.completed_at, o.customer_id
+                 ), due AS (
+                    INSERT INTO notifications_due (order_id, customer_id, due_at)
+                    SELECT order_id, customer_id, completed_at FROM c
+                    ON CONFLICT DO NOTHING
+                 )
+                 SELECT order_id, attempts, completed_at FROM c",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&ids, &attempts]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect())
+    }
+
+    /// Marks an order failed (it exhausted its attempts), creating its row if no worker stored
+    /// it. Returns whether this call made it final.
+    pub async fn fail(&self, job: &Job, error: &str) -> Result<bool, StoreError> {
+        self.finalize(job, Status::Failed, Some(error)).await
+    }
+
+    /// Makes a `queued` or `processing` order final (failed or cancelled), creating its row with
+    /// its items when no worker stored it yet. Returns whether this call made it final.
+    async fn finalize(
+        &self,
+        job: &Job,
+        status: Status,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH o AS (
+                    INSERT INTO orders (order_id, customer_id, total, status, attempts,
+                                        accepted_at, last_error)
+                    VALUES ($1, $2, $3::int8 / 100.0, $6, 0, $4, $7)
+                    ON CONFLICT (order_id) DO UPDATE
+                        SET status = $6, last_error = coalesce($7, orders.last_error),
+                            updated_at = now()
+                        WHERE orders.status IN ('queued', 'processing')
+                    RETURNING (xmax = 0) AS inserted
+                 ), i AS (
+                    INSERT INTO order_items (order_id, position, item)
+                    SELECT $1, t.position, t.item
+                    FROM unnest($5::text[]) WITH ORDINALITY AS t(item, position)
+                    WHERE EXISTS (SELECT 1 FROM o WHERE o.inserted)
+                    ON CONFLICT DO NOTHING
+                 )
+                 SELECT 1 FROM o",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &job.order_id,
+                    &job.customer_id,
+                    &job.total.cents(),
+                    &job.accepted_at,
+                    &job.items,
+                    &status.as_str(),
+                    &error,
+                ],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Makes a failed order `queued` again (a dead letter replayed by an admin). `Ok(false)` when
+    /// the order is in another final status; an order with no row yet is fine.
+    pub async fn requeue_failed(&self, order_id: Uuid) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let changed = client
+            .execute(
+                "UPDATE orders SET status = 'queued', updated_at = now()
+                 WHERE order_id = $1 AND status IN ('failed', 'queued')",
+                &[&order_id],
+            )
+            .await?;
+        if changed > 0 {
+            return Ok(true);
+        }
+        let row = client
+            .query_opt("SELECT 1 FROM orders WHERE order_id = $1", &[&order_id])
+            .await?;
+        Ok(row.is_none())
+    }
+
+    /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in
+    /// Redis when no worker has stored it yet; its row is then created as `cancelled`, so the
+    /// worker that takes it later finds it final and leaves it.
+    pub async fn cancel(
+        &self,
+        order_id: Uuid,
+        queued: Option<&Job>,
+    ) -> Result<CancelOutcome, StoreError> {
+        let changed = match queued {
+            Some(job) => self.finalize(job, Status::Cancelled, None).await?,
+            None => {
+                let client = self.pool.get().await?;
+                let n = client
+                    .execute(
+                        "UPDATE orders SET status = 'cancelled', updated_at = now()
+                         WHERE order_id = $1 AND status IN ('queued', 'processing')",
+                        &[&order_id],
+                    )
+                    .await?;
+                n > 0
+            }
+        };
+        if changed {
+            return Ok(CancelOutcome::Cancelled);
+        }
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT status FROM orders WHERE order_id = $1",
+                &[&order_id],
+            )
+            .await?;
+        Ok(match row {
+            None => CancelOutcome::NotFound,
+            Some(r) => CancelOutcome::Final(Status::parse(r.get(0)).unwrap_or(Status::Failed)),
+        })
+    }
+
+    /// Deletes an order, its items and its notification; whether there was one.
+    pub async fn delete(&self, order_id: Uuid) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "WITH gone AS (DELETE FROM orders WHERE order_id = $1 RETURNING order_id),
+                      items AS (DELETE FROM order_items WHERE order_id = $1),
+                      sent AS (DELETE FROM notifications WHERE order_id = $1)
+                 SELECT count(*) FROM gone",
+                &[&order_id],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+}

@@ -8,16 +8,19 @@ WORKDIR /app
 # Dependencies first, against stub sources, so that this layer is rebuilt only when Cargo.toml,
 # Cargo.lock or build.rs change.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src/bin sql \
+# Every binary Cargo.toml declares needs a file, even those not built here.
+RUN mkdir -p src/bin/orders-load sql benches \
     && echo 'fn main() {}' > src/main.rs \
-    && cp src/main.rs src/bin/orders-load.rs \
+    && cp src/main.rs src/bin/orders-load/main.rs \
+    && cp src/main.rs benches/baseline.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin orders \
-    && rm -rf src sql
+    && rm -rf src sql benches
 
 # Then the service itself. COPY keeps the files' old mtimes, which cargo could take for older than
 # the stub build: touch them so that the real sources are compiled.
 COPY src ./src
+COPY benches ./benches
 COPY sql ./sql
 COPY config ./config
 RUN touch src/main.rs src/lib.rs build.rs \

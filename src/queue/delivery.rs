@@ -24,7 +24,6 @@ pub struct Ack<'a> {
 
 /// The queue as one worker process uses it: bound to its id (and so its processing list and
 /// lease) and to the channel its completion events go to.
-#[derive(Clone)]
 pub struct WorkerQueue {
     pub(super) queue: Queue,
     pub(super) worker_id: String,

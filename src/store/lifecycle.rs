@@ -177,21 +177,11 @@ impl Store {
     /// Makes a failed order `queued` again (a dead letter replayed by an admin). `Ok(false)` when
     /// the order is in another final status; an order with no row yet is fine.
     pub async fn requeue_failed(&self, order_id: Uuid) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
-        let changed = client
-            .execute(
-                "UPDATE orders SET status = 'queued', updated_at = now()
-                 WHERE order_id = $1 AND status IN ('failed', 'queued')",
-                &[&order_id],
-            )
-            .await?;
-        if changed > 0 {
+        let from = [Status::Failed, Status::Queued];
+        if self.change_status(order_id, Status::Queued, &from).await? {
             return Ok(true);
         }
-        let row = client
-            .query_opt("SELECT 1 FROM orders WHERE order_id = $1", &[&order_id])
-            .await?;
-        Ok(row.is_none())
+        Ok(self.status_of(order_id).await?.is_none())
     }
 
     /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in
@@ -205,20 +195,41 @@ impl Store {
         let changed = match queued {
             Some(job) => self.finalize(job, Status::Cancelled, None).await?,
             None => {
-                let client = self.pool.get().await?;
-                let n = client
-                    .execute(
-                        "UPDATE orders SET status = 'cancelled', updated_at = now()
-                         WHERE order_id = $1 AND status IN ('queued', 'processing')",
-                        &[&order_id],
-                    )
-                    .await?;
-                n > 0
+                let from = [Status::Queued, Status::Processing];
+                self.change_status(order_id, Status::Cancelled, &from)
+                    .await?
             }
         };
         if changed {
             return Ok(CancelOutcome::Cancelled);
         }
+        Ok(match self.status_of(order_id).await? {
+            None => CancelOutcome::NotFound,
+            Some(status) => CancelOutcome::Final(status),
+        })
+    }
+
+    /// Sets status `to` on an order whose status is one of `from`; whether it did.
+    async fn change_status(
+        &self,
+        order_id: Uuid,
+        to: Status,
+        from: &[Status],
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let changed = client
+            .execute(
+                "UPDATE orders SET status = $2, updated_at = now()
+                 WHERE order_id = $1 AND status = ANY($3)",
+                &[&order_id, &to.as_str(), &from],
+            )
+            .await?;
+        Ok(changed > 0)
+    }
+
+    /// The stored status of an order; `None` when it has no row.
+    async fn status_of(&self, order_id: Uuid) -> Result<Option<Status>, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
@@ -226,10 +237,7 @@ impl Store {
                 &[&order_id],
             )
             .await?;
-        Ok(match row {
-            None => CancelOutcome::NotFound,
-            Some(r) => CancelOutcome::Final(Status::parse(r.get(0)).unwrap_or(Status::Failed)),
-        })
+        Ok(row.map(|r| Status::parse(r.get(0)).unwrap_or(Status::Failed)))
     }
 
     /// Deletes an order, its items and its notification; whether there was one.

@@ -1,12 +1,15 @@
-//! /stats, /metrics and request ids.
+//! Observability: `GET /stats` and `GET /metrics` agree with the database, and a request id is
+//! returned and carried into the order's event.
 
 mod common;
 
-use common::TestApp;
-use futures_util::StreamExt;
+use common::events::Events;
+use common::{wait_until, Sent, TestApp};
+use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Counter and gauge values of a Prometheus text exposition, by series (name and labels).
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
@@ -26,7 +29,7 @@ async fn stats_and_metrics_agree_with_the_database() {
     for i in 0..12 {
         ids.push(app.accept_order(&format!("stats-{i}")).await);
     }
-    app.wait_for(
+    wait_until(
         "12 completed and notified",
         Duration::from_secs(10),
         || async {
@@ -36,12 +39,8 @@ async fn stats_and_metrics_agree_with_the_database() {
     .await;
     // Other statuses too: a deleted order, and bad requests.
     let deleted = app
-        .http
-        .delete(app.url(&format!("/orders/{}", ids[0])))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
+        .delete_order(&ids[0].to_string(), Some("Bearer t"))
+        .await;
     assert_eq!(deleted.status(), 204);
     let bad = app
         .post_order(&json!({"customer_id": "", "items": ["a"], "total": 1}))
@@ -72,8 +71,7 @@ async fn stats_and_metrics_agree_with_the_database() {
     assert_eq!(stats["completed_last_minute"], 12);
     assert!(stats["processing_ms"]["p99"].as_f64().unwrap() >= 0.0);
     assert!(stats["end_to_end_ms"]["p50"].as_f64().unwrap() >= 0.0);
-
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let response = app.get("/metrics").await;
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -95,47 +93,41 @@ async fn stats_and_metrics_agree_with_the_database() {
     app.cleanup().await;
 }
 
+/// The order id of a 202 from `POST /orders`.
+async fn order_id(response: reqwest::Response) -> Uuid {
+    let body: Value = response.json().await.unwrap();
+    body["order_id"].as_str().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
-    let channel = format!("test.completed.{}", uuid::Uuid::new_v4().simple());
+    let channel = format!("test.completed.{}", Uuid::new_v4().simple());
     let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_EVENT_CHANNEL", &channel)]).await;
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(&channel).await.unwrap();
+    let events = Events::subscribe(&common::redis_url(), &channel).await;
 
+    let order = json!({"customer_id": "rid", "items": ["a"], "total": 1});
     let response = app
-        .http
-        .post(app.url("/orders"))
+        .request(Method::POST, "/orders")
         .header("x-request-id", "req-abc-123")
-        .json(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-request-id"], "req-abc-123");
-    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
-        .unwrap();
-    assert_eq!(event["request_id"], "req-abc-123");
-
-    // Without one, the id the response names is the one the order's event carries.
-    let response = app
-        .post_order(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
+        .json(&order)
+        .sent()
         .await;
+    assert_eq!(response.headers()["x-request-id"], "req-abc-123");
+    let id = order_id(response).await;
+    let event = events.of_order(id, Duration::from_secs(10)).await;
+    assert_eq!(event["request_id"], "req-abc-123");
+    // Without one, the id the response names is the one the order's event carries.
+    let response = app.post_order(&order).await;
     let generated_id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
         .to_string();
-    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
-        .unwrap();
+    let id = order_id(response).await;
+    let event = events.of_order(id, Duration::from_secs(10)).await;
     assert_eq!(event["request_id"], generated_id.as_str());
 
     // Generated when absent or invalid, on errors too.
-    let generated = app.http.get(app.url("/nope")).send().await.unwrap();
+    let generated = app.get("/nope").await;
     assert_eq!(generated.status(), 404);
     let id = generated.headers()["x-request-id"]
         .to_str()
@@ -143,12 +135,10 @@ async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
         .to_string();
     assert!(!id.is_empty());
     let replaced = app
-        .http
-        .get(app.url("/healthz"))
+        .request(Method::GET, "/healthz")
         .header("x-request-id", "has space")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_ne!(replaced.headers()["x-request-id"], "has space");
     app.cleanup().await;
 }

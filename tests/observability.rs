@@ -1,5 +1,5 @@
 //! Observability: `GET /stats` and `GET /metrics` agree with the database, and a request id is
-//! returned and carried into the order's event.
+//! returned, logged on the lines about its order and carried into the order's event.
 
 mod common;
 
@@ -22,9 +22,53 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A percentile of sorted values as PostgreSQL's `percentile_cont` has it: interpolated between
+/// the two nearest ranks.
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    let rank = fraction * (sorted.len() - 1) as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
+}
+
+/// Processing and end-to-end times of the completed orders in milliseconds, sorted, computed
+/// here from their timestamps.
+async fn completed_timings(app: &TestApp) -> (Vec<f64>, Vec<f64>) {
+    let ms = |d: time::Duration| d.as_seconds_f64() * 1000.0;
+    let rows = app
+        .db
+        .query(
+            "SELECT accepted_at, processing_started_at, completed_at FROM orders
+             WHERE status = 'completed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (mut processing, mut end_to_end) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (accepted, started, completed): (
+            time::OffsetDateTime,
+            time::OffsetDateTime,
+            time::OffsetDateTime,
+        ) = (row.get(0), row.get(1), row.get(2));
+        processing.push(ms(completed - started));
+        end_to_end.push(ms(completed - accepted));
+    }
+    processing.sort_by(f64::total_cmp);
+    end_to_end.sort_by(f64::total_cmp);
+    (processing, end_to_end)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_metrics_agree_with_the_database() {
-    let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", "t")]).await;
+    // Processing times spread over a range, so that the percentiles checked below differ.
+    let app = TestApp::spawn_with(
+        orders::Roles::ALL,
+        &[
+            ("ORDERS_ADMIN_TOKEN", "t"),
+            ("ORDERS_PROCESSING_DELAY_MS", "1-50"),
+        ],
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(app.accept_order(&format!("stats-{i}")).await);
@@ -71,6 +115,25 @@ async fn stats_and_metrics_agree_with_the_database() {
     assert_eq!(stats["completed_last_minute"], 12);
     assert!(stats["processing_ms"]["p99"].as_f64().unwrap() >= 0.0);
     assert!(stats["end_to_end_ms"]["p50"].as_f64().unwrap() >= 0.0);
+    // The timings are those of the 11 completed orders, as their timestamps give them.
+    let (processing, end_to_end) = completed_timings(&app).await;
+    assert_eq!(processing.len(), 11);
+    for (name, values) in [("processing_ms", processing), ("end_to_end_ms", end_to_end)] {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        for (key, expected) in [
+            ("avg", mean),
+            ("p50", percentile(&values, 0.5)),
+            ("p95", percentile(&values, 0.95)),
+            ("p99", percentile(&values, 0.99)),
+        ] {
+            let got = stats[name][key].as_f64().unwrap();
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{name}.{key} is {got}; the completed orders give {expected} ({values:?})"
+            );
+        }
+    }
+
     let response = app.get("/metrics").await;
     assert!(response.headers()["content-type"]
         .to_str()
@@ -116,6 +179,23 @@ async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
     let id = order_id(response).await;
     let event = events.of_order(id, Duration::from_secs(10)).await;
     assert_eq!(event["request_id"], "req-abc-123");
+    // Logged on the lines of its acceptance and of its completion.
+    for msg in ["order accepted", "order completed"] {
+        let of_order = || -> Vec<Value> {
+            let mut lines = app.log.all(msg);
+            lines.retain(|l| l["order_id"] == id.to_string());
+            lines
+        };
+        let what = format!("an {msg:?} line for {id}");
+        wait_until(&what, Duration::from_secs(10), async || {
+            !of_order().is_empty()
+        })
+        .await;
+        for line in of_order() {
+            assert_eq!(line["request_id"], "req-abc-123", "{msg}: {line}");
+        }
+    }
+
     // Without one, the id the response names is the one the order's event carries.
     let response = app.post_order(&order).await;
     let generated_id = response.headers()["x-request-id"]

@@ -334,10 +334,17 @@ async fn money_is_exact_from_request_to_database_to_response() {
         .await;
         assert_eq!(&stored, written, "total {sent} in PostgreSQL");
     }
-    // And in the list.
+    // And in the list, which holds every one of them.
     let text = app.get_text("/orders?limit=500").await;
     let list: Value = serde_json::from_str(&text).unwrap();
-    for order in list["orders"].as_array().unwrap() {
+    let listed = list["orders"].as_array().unwrap();
+    let listed_ids: HashSet<Uuid> = listed
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(listed.len(), ids.len(), "each order listed once: {text}");
+    assert_eq!(listed_ids, ids.iter().copied().collect(), "{text}");
+    for order in listed {
         let id: Uuid = order["order_id"].as_str().unwrap().parse().unwrap();
         let i = ids.iter().position(|x| *x == id).unwrap();
         let (sent, _) = totals[i];

@@ -1,8 +1,8 @@
-//! The fault-injection suite (issue 3): each scenario starts its own Redis (append-only file on)
-//! and PostgreSQL on free ports, runs the real `orders` binary as separate processes, drives load
-//! through the HTTP API, breaks something on purpose, and then checks that every accepted order
-//! ended in exactly one final row, with one notification and at most (or exactly) one
-//! `order.completed` event. Each prints one line:
+//! The fault-injection suite, where recovery is proven: each scenario starts its own Redis
+//! (append-only file on) and PostgreSQL on free ports, runs the real `orders` binary as separate
+//! processes, drives load through the HTTP API, breaks something on purpose, and then checks that
+//! every accepted order ended in exactly one final row, with one notification and at most (or
+//! exactly) one `order.completed` event. Each prints one line:
 //!
 //! `<scenario>: accepted N, completed N, failed N, lost 0, duplicated 0`
 //!
@@ -13,18 +13,21 @@
 
 #[path = "chaos/cluster.rs"]
 mod cluster;
-#[path = "chaos/service.rs"]
-mod service;
+mod common;
 #[path = "chaos/tally.rs"]
 mod tally;
 
 use cluster::{Cluster, Fsync};
+use common::db::try_scalar;
+use common::http::batch_ids;
+use common::process::Process;
+use common::{wait_until, Sent};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-use service::Service;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
-use tally::{wait_until_settled, EventRule, Events, Tally};
+use tally::{wait_until_settled, EventRule, Tally};
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -46,9 +49,11 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
         ("ORDERS_LEASE_MS", "1000"),
     ];
-    let api = Service::start(&cluster, "api", "api,notifier", &settings).await;
-    let mut doomed = Service::start(&cluster, "doomed", "worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let api = cluster
+        .start_service("api", "api,notifier", &settings)
+        .await;
+    let mut doomed = cluster.start_service("doomed", "worker", &settings).await;
+    let events = tally::subscribe(&cluster).await;
 
     // The doomed worker gets a head start, so that it surely holds 500 orders...
     let mut accepted = post_orders(&api, 1000, 500).await;
@@ -60,7 +65,7 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
     )
     .await;
     // ... then the survivor starts, and both work on more orders.
-    let mut survivor = Service::start(&cluster, "survivor", "worker", &settings).await;
+    let mut survivor = cluster.start_service("survivor", "worker", &settings).await;
     accepted.extend(post_orders(&api, 1000, 500).await);
     wait_until(
         "the doomed worker holds 500 orders while the survivor works",
@@ -81,6 +86,12 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
     // A worker killed between its completion commit and its publish leaves that order without
     // an event (the README's remaining window); the notifier's catch-up still notifies it.
     tally.report(EventRule::AtMostOne);
+    assert_one_row_each(&cluster, &tally, &accepted).await;
+    assert!(
+        tally.missing_events.len() <= 1,
+        "events missing for {} orders",
+        tally.missing_events.len()
+    );
 
     assert!(
         survivor.is_running(),
@@ -88,7 +99,8 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
     );
     assert!(
         survivor
-            .find_log("returned orders of dead workers to the queue")
+            .log
+            .find("returned orders of dead workers to the queue")
             .is_some(),
         "the survivor's reaper returned the dead worker's orders"
     );
@@ -108,9 +120,11 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
         ("ORDERS_SHUTDOWN_TIMEOUT_MS", &shutdown_ms.to_string()),
     ];
-    let api = Service::start(&cluster, "api", "api,notifier", &settings).await;
-    let mut first = Service::start(&cluster, "worker-1", "worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let api = cluster
+        .start_service("api", "api,notifier", &settings)
+        .await;
+    let mut first = cluster.start_service("worker-1", "worker", &settings).await;
+    let events = tally::subscribe(&cluster).await;
 
     let accepted = post_orders(&api, 800, 400).await;
     let first_list = cluster.key(&format!("processing:{}", first.worker_id()));
@@ -135,7 +149,8 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
 
     // The rest is back on the queue and nothing is held: every order is completed or queued.
     let stopped = first
-        .find_log("worker stopped")
+        .log
+        .find("worker stopped")
         .expect("the worker logged its stop");
     let returned = stopped["returned_to_queue"].as_u64().unwrap_or(0);
     assert!(returned > 0, "in-flight orders past the deadline went back");
@@ -154,19 +169,29 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
         "{} orders neither completed nor queued",
         nowhere.len()
     );
+    let unfinished = accepted.iter().filter(|id| !completed.contains(id)).count();
+    assert_eq!(
+        queued_ids(&cluster).await.len(),
+        unfinished,
+        "every unfinished order is on the queue, once"
+    );
+    let mut redis = cluster.redis().await;
+    let held: Vec<String> = redis.keys(cluster.key("processing:*")).await.unwrap();
+    assert!(held.is_empty(), "processing lists left: {held:?}");
 
-    let _second = Service::start(
-        &cluster,
-        "worker-2",
-        "worker",
-        &[("ORDERS_PROCESSING_DELAY_MS", "100-500")],
-    )
-    .await;
+    let _second = cluster
+        .start_service(
+            "worker-2",
+            "worker",
+            &[("ORDERS_PROCESSING_DELAY_MS", "100-500")],
+        )
+        .await;
     wait_until_settled(&cluster, &accepted, SETTLE).await;
     let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     // A graceful stop is not a crash: an order whose completion was committed must also have
     // been published before the process let go of it, so every event is required here.
     tally.report(EventRule::ExactlyOne);
+    assert_one_row_each(&cluster, &tally, &accepted).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,9 +203,11 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
 async fn postgres_down_for_10_s_under_load_every_order_completes() {
     let mut cluster = Cluster::start("postgres-down", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "500-1500")];
-    let front = Service::start(&cluster, "front", "api,worker,notifier", &settings).await;
-    let _second = Service::start(&cluster, "worker-2", "worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let front = cluster
+        .start_service("front", "api,worker,notifier", &settings)
+        .await;
+    let _second = cluster.start_service("worker-2", "worker", &settings).await;
+    let events = tally::subscribe(&cluster).await;
 
     let mut accepted = post_orders(&front, 600, 200).await;
     wait_until("200 orders processing", Duration::from_secs(30), || async {
@@ -218,9 +245,13 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
         ("ORDERS_PROCESSING_DELAY_MS", "300-1000"),
         ("ORDERS_LEASE_MS", "2000"),
     ];
-    let front = Service::start(&cluster, "front", "api,worker,notifier", &settings).await;
-    let second = Service::start(&cluster, "second", "api,worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let front = cluster
+        .start_service("front", "api,worker,notifier", &settings)
+        .await;
+    let second = cluster
+        .start_service("second", "api,worker", &settings)
+        .await;
+    let events = tally::subscribe(&cluster).await;
 
     let load = Load::start(
         vec![front.url("/orders/batch"), second.url("/orders/batch")],
@@ -241,11 +272,33 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
         assert_eq!(response.status(), 503, "POST /orders with Redis down");
         let body: Value = response.json().await.expect("a JSON error");
         assert_eq!(body["error"]["code"], "unavailable");
+        let ready = reqwest::Client::new()
+            .get(api.url("/readyz"))
+            .timeout(Duration::from_secs(15))
+            .sent()
+            .await;
+        assert_eq!(ready.status(), 503, "{} ready with Redis down", api.name);
     }
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(down.elapsed())).await;
     cluster.redis.restart().await;
+    // Each API takes orders again by itself.
+    let mut after = Vec::new();
+    for api in [&front, &second] {
+        let what = format!("{} accepting orders again once Redis is back", api.name);
+        wait_until(&what, Duration::from_secs(15), async || {
+            match post_batch(&reqwest::Client::new(), &api.url("/orders/batch"), 1).await {
+                Ok(ids) => {
+                    after.extend(ids);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let load = load.stop().await;
+    let mut load = load.stop().await;
+    load.accepted.extend(after);
 
     let statuses = format!("{:?}", load.statuses);
     assert!(
@@ -263,7 +316,8 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     tally.report(EventRule::AtMostOne);
     assert!(
         front
-            .find_log("subscription ended (Redis restarted?), resubscribing")
+            .log
+            .find("subscription ended (Redis restarted?), resubscribing")
             .is_some(),
         "the notifier noticed the restart"
     );
@@ -278,18 +332,26 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
 async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
     let cluster = Cluster::start("poison-and-duplicate", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "100-300")];
-    let front = Service::start(&cluster, "front", "api,worker,notifier", &settings).await;
-    let _second = Service::start(&cluster, "worker-2", "worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let front = cluster
+        .start_service("front", "api,worker,notifier", &settings)
+        .await;
+    let _second = cluster.start_service("worker-2", "worker", &settings).await;
+    let events = tally::subscribe(&cluster).await;
 
     let mut accepted = post_orders(&front, 200, 100).await;
     let mut redis = cluster.redis().await;
     let queue = cluster.key("queue");
+    // Garbage, the wrong types, and a well-formed job that breaks a rule.
     let poison = [
-        "this is not an order {",
-        r#"{"order_id": 42, "customer_id": []}"#,
+        "this is not an order {".to_string(),
+        r#"{"order_id": 42, "customer_id": []}"#.to_string(),
+        json!({
+            "order_id": Uuid::now_v7(), "customer_id": "", "items": ["a"], "total": 1,
+            "accepted_at": "2026-01-01T00:00:00Z"
+        })
+        .to_string(),
     ];
-    for garbage in poison {
+    for garbage in &poison {
         let _: () = redis.lpush(&queue, garbage).await.expect("LPUSH poison");
     }
     // One valid job, pushed twice in one LPUSH while the workers are busy: the copies may be
@@ -305,12 +367,26 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
         .await
         .expect("LPUSH the job twice");
     accepted.push(job_id);
+    // And once more after it completed, as a late redelivery would.
+    wait_until("the duplicated job completed", SETTLE, async || {
+        let sql = "SELECT count(*) FROM orders WHERE order_id = $1 AND status = 'completed'";
+        count(&cluster, sql, &[&job_id]).await == 1
+    })
+    .await;
+    let _: () = redis
+        .lpush(&queue, &job)
+        .await
+        .expect("LPUSH the job again");
     // Workers carry on: orders sent after the poison complete.
     accepted.extend(post_orders(&front, 300, 100).await);
 
     wait_until_settled(&cluster, &accepted, SETTLE).await;
     let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     tally.report(EventRule::ExactlyOne);
+    assert_eq!(tally.failed, 0);
+    assert_eq!(tally.unexpected_rows, 0, "no row for a poison payload");
+    let notified = count(&cluster, "SELECT count(*) FROM notifications", &[]).await;
+    assert_eq!(notified, accepted.len() as i64);
 
     let dead: Vec<String> = redis
         .lrange(cluster.key("dead"), 0, -1)
@@ -325,10 +401,10 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
         .collect();
     assert_eq!(
         dead.len(),
-        2,
-        "exactly the two poison payloads are dead letters: {dead:?}"
+        poison.len(),
+        "exactly the poison payloads are dead letters: {dead:?}"
     );
-    assert_eq!(payloads, poison.iter().map(|p| p.to_string()).collect());
+    assert_eq!(payloads, poison.iter().cloned().collect());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,13 +416,17 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
 async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
     let cluster = Cluster::start("notifier-restart", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "200-800")];
-    let front = Service::start(&cluster, "front", "api,worker", &settings).await;
-    let mut first = Service::start(&cluster, "notifier-1", "notifier", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let front = cluster
+        .start_service("front", "api,worker", &settings)
+        .await;
+    let mut first = cluster
+        .start_service("notifier-1", "notifier", &settings)
+        .await;
+    let events = tally::subscribe(&cluster).await;
 
     let mut accepted = post_orders(&front, 300, 100).await;
     wait_until("100 notifications", Duration::from_secs(30), || async {
-        count(&cluster, "SELECT count(*) FROM notifications").await >= 100
+        count(&cluster, "SELECT count(*) FROM notifications", &[]).await >= 100
     })
     .await;
     // SIGTERM, not SIGKILL: the notifier writes its line before its transaction commits
@@ -362,13 +442,15 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
         ids_in_status(&cluster, "completed").await.len() == n
     })
     .await;
-    let notified = count(&cluster, "SELECT count(*) FROM notifications").await;
+    let notified = count(&cluster, "SELECT count(*) FROM notifications", &[]).await;
     assert!(
         notified < n as i64,
         "orders completed while no notifier ran"
     );
 
-    let second = Service::start(&cluster, "notifier-2", "notifier", &settings).await;
+    let second = cluster
+        .start_service("notifier-2", "notifier", &settings)
+        .await;
     // And these complete with the new one subscribed.
     accepted.extend(post_orders(&front, 200, 100).await);
     wait_until_settled(&cluster, &accepted, SETTLE).await;
@@ -377,7 +459,8 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
 
     for notifier in [&first, &second] {
         let sent = notifier
-            .log_lines()
+            .log
+            .lines()
             .iter()
             .filter(|l| {
                 l["msg"]
@@ -403,9 +486,11 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
         ("ORDERS_LEASE_MS", "1000"),
         ("ORDERS_FETCH_LOOPS", &FETCH_LOOPS.to_string()),
     ];
-    let api = Service::start(&cluster, "api", "api,notifier", &settings).await;
-    let paused = Service::start(&cluster, "paused", "worker", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let api = cluster
+        .start_service("api", "api,notifier", &settings)
+        .await;
+    let paused = cluster.start_service("paused", "worker", &settings).await;
+    let events = tally::subscribe(&cluster).await;
 
     // The worker to pause gets a head start, so that it surely holds orders...
     let mut accepted = post_orders(&api, 400, 200).await;
@@ -417,7 +502,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
     )
     .await;
     // ... then the other starts, and both work on more orders.
-    let other = Service::start(&cluster, "other", "worker", &settings).await;
+    let other = cluster.start_service("other", "worker", &settings).await;
     accepted.extend(post_orders(&api, 200, 200).await);
     paused.signal("STOP");
     let held: Vec<Uuid> = list_ids(&cluster, &paused_list).await;
@@ -427,7 +512,9 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
     // loops may have had a blocking pop waiting on the server when it was stopped; Redis serves
     // those as soon as the reaper refills the queue, so at most one order per fetch loop lands in
     // its list again (and waits for it to continue, or for the reaper's periodic scan).
-    let returned = other.logged_count("returned orders of dead workers to the queue");
+    let returned = other
+        .log
+        .logged_count("returned orders of dead workers to the queue");
     assert!(
         returned as usize >= held.len(),
         "the other worker's reaper returned {returned} orders; the paused one held {}",
@@ -444,15 +531,12 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
     let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     tally.report(EventRule::ExactlyOne);
 
-    let db = cluster.db().await;
-    let retaken: i64 = db
-        .query_one(
-            "SELECT count(*) FROM orders WHERE order_id = ANY($1) AND attempts > 1",
-            &[&held],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let retaken = count(
+        &cluster,
+        "SELECT count(*) FROM orders WHERE order_id = ANY($1) AND attempts > 1",
+        &[&held],
+    )
+    .await;
     assert!(
         retaken > 0,
         "orders held by the paused worker were delivered again"
@@ -470,8 +554,10 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
 async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
     let cluster = Cluster::start("lost-claim-reply", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "5000")];
-    let service = Service::start(&cluster, "all", "api,worker,notifier", &settings).await;
-    let events = Events::subscribe(&cluster).await;
+    let service = cluster
+        .start_service("all", "api,worker,notifier", &settings)
+        .await;
+    let events = tally::subscribe(&cluster).await;
 
     // Orders the worker holds, in their processing time...
     let mut accepted = post_orders(&service, 10, 10).await;
@@ -522,7 +608,7 @@ async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
     wait_until_settled(&cluster, &accepted, SETTLE).await;
     let tally = Tally::count(&cluster, &accepted, &events.finish(QUIET).await).await;
     tally.report(EventRule::ExactlyOne);
-    let returned = service.logged_count(
+    let returned = service.log.logged_count(
         "returned orders this worker does not hold to the queue after a failed claim",
     );
     assert_eq!(
@@ -557,23 +643,16 @@ async fn post_batch(
         .post(url)
         .json(&batch)
         .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .expect("POST /orders/batch");
+        .sent()
+        .await;
     if response.status() != 202 {
         return Err(response.status());
     }
-    let body: Value = response.json().await.expect("a JSON body");
-    Ok(body["order_ids"]
-        .as_array()
-        .expect("order_ids")
-        .iter()
-        .map(|v| v.as_str().and_then(|s| s.parse().ok()).expect("a uuid"))
-        .collect())
+    Ok(batch_ids(response).await)
 }
 
 /// POSTs `n` orders to the API of `service` in batches of `batch`, each answered 202; their ids.
-async fn post_orders(service: &Service, n: usize, batch: usize) -> Vec<Uuid> {
+async fn post_orders(service: &Process, n: usize, batch: usize) -> Vec<Uuid> {
     let http = reqwest::Client::new();
     let url = service.url("/orders/batch");
     let mut ids = Vec::with_capacity(n);
@@ -631,16 +710,7 @@ impl Load {
                             let status = response.status().as_u16();
                             *result.statuses.entry(status).or_default() += 1;
                             if status == 202 {
-                                let body: Value = response.json().await.expect("a JSON body");
-                                result.accepted.extend(
-                                    body["order_ids"].as_array().expect("order_ids").iter().map(
-                                        |v| {
-                                            v.as_str()
-                                                .and_then(|s| s.parse::<Uuid>().ok())
-                                                .expect("a uuid")
-                                        },
-                                    ),
-                                );
+                                result.accepted.extend(batch_ids(response).await);
                             } else {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }
@@ -657,22 +727,6 @@ impl Load {
     async fn stop(self) -> LoadResult {
         self.stop.cancel();
         self.task.await.expect("the load task")
-    }
-}
-
-/// Waits until `check` holds, for up to `timeout`; panics naming `what` otherwise.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -712,14 +766,35 @@ async fn ids_in_status(cluster: &Cluster, status: &str) -> Vec<Uuid> {
 }
 
 /// A `SELECT count(*) …` (0 while PostgreSQL is unreachable).
-async fn count(cluster: &Cluster, sql: &str) -> i64 {
+async fn count(cluster: &Cluster, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
     let Ok(db) = cluster.postgres.connect("orders").await else {
         return 0;
     };
-    db.query_one(sql, &[]).await.map(|r| r.get(0)).unwrap_or(0)
+    try_scalar(&db, sql, params).await.unwrap_or(0)
 }
 
 /// Orders delivered more than once.
 async fn redelivered(cluster: &Cluster) -> i64 {
-    count(cluster, "SELECT count(*) FROM orders WHERE attempts > 1").await
+    count(
+        cluster,
+        "SELECT count(*) FROM orders WHERE attempts > 1",
+        &[],
+    )
+    .await
+}
+
+/// Beyond the tally: PostgreSQL holds one row per accepted order and nothing else, each with
+/// the two items of [`order`], and one notification row each.
+async fn assert_one_row_each(cluster: &Cluster, tally: &Tally, accepted: &[Uuid]) {
+    let n = accepted.len() as i64;
+    assert_eq!(tally.unexpected_rows, 0, "rows of orders never accepted");
+    let items = count(
+        cluster,
+        "SELECT count(*) FROM order_items WHERE order_id = ANY($1)",
+        &[&accepted],
+    )
+    .await;
+    assert_eq!(items, 2 * n, "two items per order");
+    let notified = count(cluster, "SELECT count(*) FROM notifications", &[]).await;
+    assert_eq!(notified, n, "one notification per order");
 }

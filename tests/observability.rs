@@ -1,12 +1,15 @@
-//! /stats, /metrics and request ids.
+//! Observability: `GET /stats` and `GET /metrics` agree with the database, and a request id is
+//! returned, logged on the lines about its order and carried into the order's event.
 
 mod common;
 
-use common::TestApp;
-use futures_util::StreamExt;
+use common::events::Events;
+use common::{wait_until, Sent, TestApp};
+use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Counter and gauge values of a Prometheus text exposition, by series (name and labels).
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
@@ -19,14 +22,58 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A percentile of sorted values as PostgreSQL's `percentile_cont` has it: interpolated between
+/// the two nearest ranks.
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    let rank = fraction * (sorted.len() - 1) as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
+}
+
+/// Processing and end-to-end times of the completed orders in milliseconds, sorted, computed
+/// here from their timestamps.
+async fn completed_timings(app: &TestApp) -> (Vec<f64>, Vec<f64>) {
+    let ms = |d: time::Duration| d.as_seconds_f64() * 1000.0;
+    let rows = app
+        .db
+        .query(
+            "SELECT accepted_at, processing_started_at, completed_at FROM orders
+             WHERE status = 'completed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (mut processing, mut end_to_end) = (Vec::new(), Vec::new());
+    for row in rows {
+        let (accepted, started, completed): (
+            time::OffsetDateTime,
+            time::OffsetDateTime,
+            time::OffsetDateTime,
+        ) = (row.get(0), row.get(1), row.get(2));
+        processing.push(ms(completed - started));
+        end_to_end.push(ms(completed - accepted));
+    }
+    processing.sort_by(f64::total_cmp);
+    end_to_end.sort_by(f64::total_cmp);
+    (processing, end_to_end)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_metrics_agree_with_the_database() {
-    let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", "t")]).await;
+    // Processing times spread over a range, so that the percentiles checked below differ.
+    let app = TestApp::spawn_with(
+        orders::Roles::ALL,
+        &[
+            ("ORDERS_ADMIN_TOKEN", "t"),
+            ("ORDERS_PROCESSING_DELAY_MS", "1-50"),
+        ],
+    )
+    .await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(app.accept_order(&format!("stats-{i}")).await);
     }
-    app.wait_for(
+    wait_until(
         "12 completed and notified",
         Duration::from_secs(10),
         || async {
@@ -36,12 +83,8 @@ async fn stats_and_metrics_agree_with_the_database() {
     .await;
     // Other statuses too: a deleted order, and bad requests.
     let deleted = app
-        .http
-        .delete(app.url(&format!("/orders/{}", ids[0])))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap();
+        .delete_order(&ids[0].to_string(), Some("Bearer t"))
+        .await;
     assert_eq!(deleted.status(), 204);
     let bad = app
         .post_order(&json!({"customer_id": "", "items": ["a"], "total": 1}))
@@ -72,8 +115,26 @@ async fn stats_and_metrics_agree_with_the_database() {
     assert_eq!(stats["completed_last_minute"], 12);
     assert!(stats["processing_ms"]["p99"].as_f64().unwrap() >= 0.0);
     assert!(stats["end_to_end_ms"]["p50"].as_f64().unwrap() >= 0.0);
+    // The timings are those of the 11 completed orders, as their timestamps give them.
+    let (processing, end_to_end) = completed_timings(&app).await;
+    assert_eq!(processing.len(), 11);
+    for (name, values) in [("processing_ms", processing), ("end_to_end_ms", end_to_end)] {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        for (key, expected) in [
+            ("avg", mean),
+            ("p50", percentile(&values, 0.5)),
+            ("p95", percentile(&values, 0.95)),
+            ("p99", percentile(&values, 0.99)),
+        ] {
+            let got = stats[name][key].as_f64().unwrap();
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{name}.{key} is {got}; the completed orders give {expected} ({values:?})"
+            );
+        }
+    }
 
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let response = app.get("/metrics").await;
     assert!(response.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -95,47 +156,58 @@ async fn stats_and_metrics_agree_with_the_database() {
     app.cleanup().await;
 }
 
+/// The order id of a 202 from `POST /orders`.
+async fn order_id(response: reqwest::Response) -> Uuid {
+    let body: Value = response.json().await.unwrap();
+    body["order_id"].as_str().unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
-    let channel = format!("test.completed.{}", uuid::Uuid::new_v4().simple());
+    let channel = format!("test.completed.{}", Uuid::new_v4().simple());
     let app = TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_EVENT_CHANNEL", &channel)]).await;
-    let client = redis::Client::open(common::redis_url()).unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(&channel).await.unwrap();
+    let events = Events::subscribe(&common::redis_url(), &channel).await;
 
+    let order = json!({"customer_id": "rid", "items": ["a"], "total": 1});
     let response = app
-        .http
-        .post(app.url("/orders"))
+        .request(Method::POST, "/orders")
         .header("x-request-id", "req-abc-123")
-        .json(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
-        .send()
-        .await
-        .unwrap();
+        .json(&order)
+        .sent()
+        .await;
     assert_eq!(response.headers()["x-request-id"], "req-abc-123");
-    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
-        .unwrap();
+    let id = order_id(response).await;
+    let event = events.of_order(id, Duration::from_secs(10)).await;
     assert_eq!(event["request_id"], "req-abc-123");
+    // Logged on the lines of its acceptance and of its completion.
+    for msg in ["order accepted", "order completed"] {
+        let of_order = || -> Vec<Value> {
+            let mut lines = app.log.all(msg);
+            lines.retain(|l| l["order_id"] == id.to_string());
+            lines
+        };
+        let what = format!("an {msg:?} line for {id}");
+        wait_until(&what, Duration::from_secs(10), async || {
+            !of_order().is_empty()
+        })
+        .await;
+        for line in of_order() {
+            assert_eq!(line["request_id"], "req-abc-123", "{msg}: {line}");
+        }
+    }
 
     // Without one, the id the response names is the one the order's event carries.
-    let response = app
-        .post_order(&json!({"customer_id": "rid", "items": ["a"], "total": 1}))
-        .await;
+    let response = app.post_order(&order).await;
     let generated_id = response.headers()["x-request-id"]
         .to_str()
         .unwrap()
         .to_string();
-    let event: Value = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
-        .await
-        .unwrap()
-        .map(|m| serde_json::from_slice(m.get_payload_bytes()).unwrap())
-        .unwrap();
+    let id = order_id(response).await;
+    let event = events.of_order(id, Duration::from_secs(10)).await;
     assert_eq!(event["request_id"], generated_id.as_str());
 
     // Generated when absent or invalid, on errors too.
-    let generated = app.http.get(app.url("/nope")).send().await.unwrap();
+    let generated = app.get("/nope").await;
     assert_eq!(generated.status(), 404);
     let id = generated.headers()["x-request-id"]
         .to_str()
@@ -143,12 +215,10 @@ async fn a_request_id_is_returned_logged_and_carried_into_the_event() {
         .to_string();
     assert!(!id.is_empty());
     let replaced = app
-        .http
-        .get(app.url("/healthz"))
+        .request(Method::GET, "/healthz")
         .header("x-request-id", "has space")
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_ne!(replaced.headers()["x-request-id"], "has space");
     app.cleanup().await;
 }

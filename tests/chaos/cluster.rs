@@ -3,71 +3,19 @@
 //! started again on the same port and data, and both are killed (and their data removed) when
 //! the [`Cluster`] is dropped, panic or not.
 
+use crate::common::process::{dying_with_us, free_port, signal, wait_child, Process};
+use crate::common::wait_until;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where PostgreSQL 15 is installed on Debian; `PG_BIN` overrides it.
 fn pg_bin(tool: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked, which is good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A command for a long-running child that is killed with the test process even when the test
-/// process itself is killed from outside (a timeout) and no `Drop` runs: through
-/// `setpriv --pdeathsig KILL` (util-linux) when there is one; it execs the program, so the child's
-/// pid is the program's. (The signal follows the thread that started the child; the runtime's
-/// threads live as long as the test.)
-pub fn dying_with_us(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let setpriv = *SETPRIV.get_or_init(|| {
-        Command::new("setpriv")
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
-    });
-    if setpriv {
-        let mut command = Command::new("setpriv");
-        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-/// Sends a signal (`KILL`, `TERM`, `INT`, `QUIT`, `STOP`, `CONT`) to a process; whether it was
-/// sent. (Never panics: it is also used from `Drop`.)
-pub fn signal(pid: u32, name: &str) -> bool {
-    Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Waits for a child to exit, for up to `timeout`; `None` if it is still running.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if start.elapsed() >= timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A directory under the system temp dir, removed on drop.
@@ -184,22 +132,19 @@ impl RedisServer {
 
     /// Waits until the server answers PING (after loading its append-only file).
     async fn wait_ready(&self) {
-        let start = Instant::now();
-        loop {
-            if let Ok(mut conn) = self.try_connect().await {
-                let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
-                if pong.is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "redis-server on {} did not answer in 20 s (see {})",
-                self.port,
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!(
+            "redis-server on {} to answer (see {})",
+            self.port,
+            self.log.display()
+        );
+        wait_until(&what, Duration::from_secs(20), async || {
+            let Ok(mut conn) = self.try_connect().await else {
+                return false;
+            };
+            let pong = redis::cmd("PING").query_async::<String>(&mut conn).await;
+            pong.is_ok()
+        })
+        .await;
     }
 
     async fn try_connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
@@ -330,8 +275,8 @@ impl PostgresServer {
             .spawn()
             .expect("start postgres");
         self.child = Some(child);
-        let start = Instant::now();
-        while self.connect("postgres").await.is_err() {
+        let what = format!("postgres to answer (see {})", self.log.display());
+        wait_until(&what, Duration::from_secs(30), async || {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -339,13 +284,9 @@ impl PostgresServer {
             {
                 panic!("postgres exited with {status} (see {})", self.log.display());
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "postgres did not answer in 30 s (see {})",
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            self.connect("postgres").await.is_ok()
+        })
+        .await;
     }
 
     /// The URL of a database on this server.
@@ -457,5 +398,19 @@ impl Cluster {
     /// A key under the service's default prefix, e.g. `queue` → `{orders}:queue`.
     pub fn key(&self, name: &str) -> String {
         format!("{{orders}}:{name}")
+    }
+
+    /// Starts one `orders serve` process of the scenario with `settings` added to (or
+    /// overriding) [`Cluster::env`]; its log is `<scenario>/<name>.log`.
+    pub async fn start_service(
+        &self,
+        name: &str,
+        roles: &str,
+        settings: &[(&str, &str)],
+    ) -> Process {
+        let mut env = self.env();
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = self.log_dir.join(format!("{name}.log"));
+        Process::start(name, roles, &env, log).await
     }
 }

@@ -3,119 +3,21 @@
 //! `order.completed` event; and the one line each scenario prints.
 
 use super::cluster::Cluster;
-use super::service::read_log;
-use futures_util::StreamExt;
+use crate::common::events::Events;
+use crate::common::log::Log;
+use crate::common::wait::poll_until;
 use redis::AsyncCommands;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The channel completion events go to (the service's default).
 pub const COMPLETED_CHANNEL: &str = "order.completed";
 
-/// A subscriber to `order.completed` on the cluster's Redis that counts events per order id. It
-/// resubscribes when Redis restarts (events published while it is down are not seen, of course).
-pub struct Events {
-    seen: Arc<Mutex<Seen>>,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Events per order id, and when the last one came.
-struct Seen {
-    counts: HashMap<Uuid, usize>,
-    last: Instant,
-}
-
-impl Seen {
-    fn record(&mut self, payload: &[u8]) {
-        self.last = Instant::now();
-        let event: serde_json::Value = serde_json::from_slice(payload).expect("an event is JSON");
-        let id: Uuid = event["order_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("an event has an order_id");
-        *self.counts.entry(id).or_default() += 1;
-    }
-}
-
-impl Events {
-    /// Subscribes, and returns once Redis has confirmed the subscription.
-    pub async fn subscribe(cluster: &Cluster) -> Events {
-        let client = redis::Client::open(cluster.redis.url()).expect("redis url");
-        let seen = Arc::new(Mutex::new(Seen {
-            counts: HashMap::new(),
-            last: Instant::now(),
-        }));
-        let stop = CancellationToken::new();
-        let (ready, subscribed) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(listen(client, seen.clone(), stop.clone(), ready));
-        tokio::time::timeout(Duration::from_secs(10), subscribed)
-            .await
-            .expect("subscribed to order.completed within 10 s")
-            .expect("the subscriber task runs");
-        Events {
-            seen,
-            stop,
-            task: Some(task),
-        }
-    }
-
-    /// Waits until no event has arrived for `quiet`, stops, and returns the counts.
-    pub async fn finish(mut self, quiet: Duration) -> HashMap<Uuid, usize> {
-        while self.seen.lock().unwrap().last.elapsed() < quiet {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        let counts = self.seen.lock().unwrap().counts.clone();
-        counts
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// Subscribes (again whenever the connection ends) and records every event, until `stop`.
-async fn listen(
-    client: redis::Client,
-    seen: Arc<Mutex<Seen>>,
-    stop: CancellationToken,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    while !stop.is_cancelled() {
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if pubsub.subscribe(COMPLETED_CHANNEL).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-        let mut messages = pubsub.on_message();
-        loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
-                _ = stop.cancelled() => return,
-            };
-            let Some(message) = message else { break };
-            seen.lock().unwrap().record(message.get_payload_bytes());
-        }
-    }
+/// A subscriber to `order.completed` on the cluster's Redis, which counts events per order id
+/// and subscribes again when Redis restarts.
+pub async fn subscribe(cluster: &Cluster) -> Events {
+    Events::subscribe(&cluster.redis.url(), COMPLETED_CHANNEL).await
 }
 
 /// Whether every completed order must have had its event seen by the test's subscriber.
@@ -132,15 +34,12 @@ pub enum EventRule {
 /// holds nothing of them any more (queue, processing lists, pending hash); for up to `timeout`.
 /// Returns whether it got there; the tally says what is missing if not.
 pub async fn wait_until_settled(cluster: &Cluster, accepted: &[Uuid], timeout: Duration) -> bool {
-    let start = Instant::now();
     let ids = accepted.to_vec();
-    while start.elapsed() < timeout {
-        if settled(cluster, &ids).await.unwrap_or(false) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    false
+    // Each check opens connections of its own: a few a second are enough.
+    poll_until(timeout, Duration::from_millis(250), async || {
+        settled(cluster, &ids).await.unwrap_or(false)
+    })
+    .await
 }
 
 async fn settled(cluster: &Cluster, ids: &Vec<Uuid>) -> Result<bool, Box<dyn std::error::Error>> {
@@ -393,7 +292,7 @@ pub fn email_lines(cluster: &Cluster) -> HashMap<Uuid, usize> {
         if path.extension().is_none_or(|e| e != "log") {
             continue;
         }
-        for line in read_log(&path) {
+        for line in Log::File(path).lines() {
             let Some(msg) = line["msg"].as_str() else {
                 continue;
             };

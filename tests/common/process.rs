@@ -1,11 +1,15 @@
-//! The real `orders` binary as a child process, for tests that kill or signal it.
+//! The real `orders` binary as a child process, for tests that kill or signal it, and the
+//! process tools the chaos suite's private servers use too.
 
+use super::log::Log;
+use super::wait::wait_until;
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (free when asked; fine for tests).
+/// A free TCP port on 127.0.0.1 (free when asked, which is good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -13,86 +17,163 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// One running `orders serve` process.
+/// A command for a long-running child that is killed with the test process even when the test
+/// process itself is killed from outside (a timeout) and no `Drop` runs: through
+/// `setpriv --pdeathsig KILL` (util-linux) when there is one; it execs the program, so the child's
+/// pid is the program's. (The signal follows the thread that started the child; the runtime's
+/// threads live as long as the test.)
+pub fn dying_with_us(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let setpriv = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+    });
+    if setpriv {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Sends a signal (`KILL`, `TERM`, `INT`, `QUIT`, `STOP`, `CONT`) to a process; whether it was
+/// sent. (Never panics: it is also used from `Drop`.)
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits for a child to exit, for up to `timeout`, blocking the thread (for `Drop`, which cannot
+/// await); `None` if it is still running.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Where a test that shares the machine's Redis and PostgreSQL keeps the log of a process:
+/// `target/test-logs/<prefix>-<name>.log`.
+pub fn test_log_path(vars: &HashMap<String, String>, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let prefix = vars.get("ORDERS_REDIS_PREFIX").cloned().unwrap_or_default();
+    dir.join(format!("{prefix}-{name}.log"))
+}
+
+/// One running `orders serve` process. Killed (SIGKILL) on drop.
 pub struct Process {
-    pub child: Child,
+    pub name: String,
+    pub roles: String,
     pub port: u16,
+    /// Its JSON log lines.
+    pub log: Log,
+    child: Child,
 }
 
 impl Process {
-    /// Starts `orders serve --roles ROLES` with `vars` as its environment (and a port of its
-    /// own); its log goes to `target/test-logs/<prefix>-<port>.log`.
-    pub fn start(roles: &str, vars: &HashMap<String, String>) -> Process {
+    /// Starts `orders serve --roles <roles>` with `env` as its whole environment (besides `PATH`,
+    /// a port of its own and JSON logs, written to `log`), and waits until each of its roles is
+    /// up: the API answers `/readyz`, the worker has registered, the notifier has subscribed.
+    pub async fn start(
+        name: &str,
+        roles: &str,
+        env: &HashMap<String, String>,
+        log: PathBuf,
+    ) -> Process {
         let port = free_port();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
-        std::fs::create_dir_all(&dir).expect("log dir");
-        let prefix = vars.get("ORDERS_REDIS_PREFIX").cloned().unwrap_or_default();
-        let log =
-            std::fs::File::create(dir.join(format!("{prefix}-{port}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_orders"))
+        let file = std::fs::File::create(&log).expect("create the service log");
+        let child = dying_with_us(env!("CARGO_BIN_EXE_orders"))
             .args(["serve", "--roles", roles])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(vars)
+            .envs(env)
             .env("ORDERS_LISTEN", format!("127.0.0.1:{port}"))
             .env("ORDERS_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
             .spawn()
             .expect("start the orders binary");
-        Process { child, port }
+        let mut process = Process {
+            name: name.to_string(),
+            roles: roles.to_string(),
+            port,
+            log: Log::File(log),
+            child,
+        };
+        process.wait_started().await;
+        process
+    }
+
+    async fn wait_started(&mut self) {
+        let http = reqwest::Client::new();
+        let see = format!("see {}", self.log.path().display());
+        let what = format!("{} to be up ({see})", self.name);
+        wait_until(&what, Duration::from_secs(30), async || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited at start with {status} ({see})", self.name);
+            }
+            let api_ready = !self.roles.contains("api")
+                || matches!(http.get(self.url("/readyz")).send().await, Ok(r) if r.status() == 200);
+            let worker_ready =
+                !self.roles.contains("worker") || self.log.find("worker started").is_some();
+            let notifier_ready =
+                !self.roles.contains("notifier") || self.log.find("subscribed").is_some();
+            api_ready && worker_ready && notifier_ready
+        })
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
-    /// Waits until the API answers /readyz with 200.
-    pub async fn wait_ready(&self) {
-        let start = Instant::now();
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "service not ready in 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Whether the process is still running (a stopped one counts as running).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`).
+    /// Sends a signal: `KILL`, `TERM`, `STOP`, `CONT`.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        assert!(signal(self.child.id(), name), "kill -{name} {}", self.name);
     }
 
-    /// Waits for the process to exit, for up to `timeout`; its exit status.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "process did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Waits for the process to exit, for up to `timeout`; panics if it does not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut exited = None;
+        let what = format!("{} to exit", self.name);
+        wait_until(&what, timeout, async || {
+            exited = self.child.try_wait().expect("try_wait");
+            exited.is_some()
+        })
+        .await;
+        exited.expect("exited")
+    }
+
+    /// The id of this process's worker role, as it logged it on start.
+    pub fn worker_id(&self) -> String {
+        self.log
+            .find("worker started")
+            .and_then(|l| l["worker"].as_str().map(str::to_string))
+            .expect("the worker logged its id")
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // SIGKILL ends a process even while it is stopped (SIGSTOP).
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,161 +1,19 @@
-//! Every error class of the HTTP API (SPEC §2): each answers its documented status with the one
-//! JSON error shape `{"error": {"code", "message", "field"?}}`, and a rejected request changes
-//! nothing (no row in PostgreSQL, nothing on the Redis queue or in the pending hash). Also: money
-//! is exact from request to database to response, and an unreachable backing service is a 503.
+//! Every error class of the HTTP API: each answers its documented status with the one JSON error
+//! shape `{"error": {"code", "message", "field"?}}`, and a rejected request changes nothing (no
+//! row in PostgreSQL, nothing on the Redis queue or in the pending hash). Malformed JSON, wrong
+//! shapes, broken rules (and the edges of each rule, which are accepted), body limits, content
+//! types, unknown routes and methods, illegal status changes, bad list queries, whole batches,
+//! a full queue, hostile input, and an unreachable Redis or PostgreSQL.
 
 mod common;
 
-use common::TestApp;
-use orders::Roles;
-use redis::AsyncCommands;
+use common::http::{check_error, order_body, valid_order, Field, JSON};
+use common::proxy::{host_port, Proxy};
+use common::{api_only, db, scalar, wait_until, Sent, TestApp, NOTHING, ONE_QUEUED};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
-
-/// The API role only: nothing takes orders off the queue, so anything wrongly enqueued stays
-/// visible on the list.
-fn api_only() -> Roles {
-    Roles::parse("api").unwrap()
-}
-
-/// A valid order body with the total written exactly as given.
-fn order_body(customer: &Value, items: &Value, total: &str) -> String {
-    format!(r#"{{"customer_id":{customer},"items":{items},"total":{total}}}"#)
-}
-
-fn valid_order() -> String {
-    order_body(&json!("cust-1"), &json!(["sku-1"]), "12.34")
-}
-
-/// What the `field` of an error must be.
-#[derive(Debug, Clone, Copy)]
-enum Field {
-    /// Exactly this field.
-    Is(&'static str),
-    /// No field.
-    Absent,
-    /// No field, or this one (where serde does not say which field it was).
-    AbsentOr(&'static str),
-    /// Not checked (a dedicated test checks it).
-    Any,
-}
-
-/// Checks a response is the JSON error shape with this status, code and field; returns the body.
-async fn check_error(
-    response: reqwest::Response,
-    status: u16,
-    code: &str,
-    field: Field,
-    what: &str,
-) -> Value {
-    let got = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    let text = response.text().await.unwrap_or_default();
-    assert_eq!(got.as_u16(), status, "{what}: status (body {text})");
-    assert!(
-        content_type.starts_with("application/json"),
-        "{what}: content-type {content_type:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: the error is not JSON ({e}): {text}"));
-    let top = body.as_object().expect("an object");
-    assert_eq!(top.len(), 1, "{what}: only `error` at the top: {body}");
-    let error = body["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: `error` is an object: {body}"));
-    for key in error.keys() {
-        assert!(
-            ["code", "message", "field"].contains(&key.as_str()),
-            "{what}: unexpected key {key:?} in {body}"
-        );
-    }
-    assert_eq!(error["code"], code, "{what}: code in {body}");
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: a message in {body}"
-    );
-    let actual = error.get("field");
-    if let Some(f) = actual {
-        assert!(f.is_string(), "{what}: field is a string in {body}");
-    }
-    match field {
-        Field::Is(name) => assert_eq!(
-            actual.and_then(Value::as_str),
-            Some(name),
-            "{what}: field in {body}"
-        ),
-        Field::Absent => assert!(actual.is_none(), "{what}: no field in {body}"),
-        Field::AbsentOr(name) => assert!(
-            actual.is_none() || actual == Some(&json!(name)),
-            "{what}: field absent or {name:?} in {body}"
-        ),
-        Field::Any => {}
-    }
-    body
-}
-
-/// What a test can see of the service's state.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-struct State {
-    orders: i64,
-    items: i64,
-    queue: usize,
-    pending: usize,
-}
-
-const NOTHING: State = State {
-    orders: 0,
-    items: 0,
-    queue: 0,
-    pending: 0,
-};
-
-async fn state_with(app: &TestApp, db: &tokio_postgres::Client) -> State {
-    let count = |table: &'static str| async move {
-        db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
-    let mut redis = app.redis.clone();
-    let pending: usize = redis.hlen(app.key("pending")).await.unwrap();
-    State {
-        orders: count("orders").await,
-        items: count("order_items").await,
-        queue: app.list_len("queue").await,
-        pending,
-    }
-}
-
-async fn state(app: &TestApp) -> State {
-    state_with(app, &app.db).await
-}
-
-/// Sends a request with an optional content type and a body.
-async fn send(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    content_type: Option<&str>,
-    body: impl Into<reqwest::Body>,
-) -> reqwest::Response {
-    let mut request = app.http.request(method.clone(), app.url(path));
-    if let Some(kind) = content_type {
-        request = request.header("content-type", kind);
-    }
-    request
-        .body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-}
-
-const JSON: Option<&str> = Some("application/json");
 
 /// One error case: a request and the error it must answer.
 struct Case {
@@ -193,19 +51,19 @@ impl Case {
 
 /// Runs every case, then checks nothing changed.
 async fn run_cases(app: &TestApp, cases: Vec<Case>) {
-    let before = state(app).await;
+    let before = app.state().await;
     for case in cases {
         let what = format!("{} {} [{}]", case.method, case.path, case.name);
-        let response = send(
-            app,
-            case.method.clone(),
-            &case.path,
-            case.content_type,
-            case.body,
-        )
-        .await;
+        let response = app
+            .send(
+                case.method.clone(),
+                &case.path,
+                case.content_type,
+                case.body,
+            )
+            .await;
         check_error(response, case.status, case.code, case.field, &what).await;
-        assert_eq!(state(app).await, before, "{what} changed something");
+        assert_eq!(app.state().await, before, "{what} changed something");
     }
 }
 
@@ -312,7 +170,7 @@ async fn malformed_json_is_a_400_and_changes_nothing() {
         cases.push(Case::post(name, "/orders/batch", body));
     }
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -445,7 +303,7 @@ async fn wrong_types_missing_and_unknown_fields_are_400s_naming_the_field() {
         ],
     )
     .await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -496,7 +354,7 @@ async fn a_scalar_of_the_wrong_type_is_a_400_that_names_no_wrong_field() {
     put.path = format!("/orders/{}/status", Uuid::new_v4());
     cases.push(put);
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -530,14 +388,7 @@ async fn an_order_written_as_an_array_is_a_400() {
         ],
     )
     .await;
-    assert_eq!(
-        state(&app).await,
-        State {
-            queue: 1,
-            pending: 1,
-            ..NOTHING
-        }
-    );
+    assert_eq!(app.state().await, ONE_QUEUED);
     app.cleanup().await;
 }
 
@@ -621,7 +472,7 @@ async fn values_that_break_a_rule_are_422s_naming_the_field() {
         .expect(422, "invalid_field", Field::Is("[1].customer_id"))],
     )
     .await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -646,7 +497,7 @@ async fn the_edges_of_the_rules_are_accepted() {
             order_body(&json!("c"), &json!(["a"]), "99999999.99"),
         ),
     ] {
-        let response = send(&app, Method::POST, "/orders", JSON, body).await;
+        let response = app.send(Method::POST, "/orders", JSON, body).await;
         assert_eq!(response.status(), 202, "{name}");
     }
     assert_eq!(app.list_len("queue").await, 5);
@@ -683,12 +534,11 @@ async fn send_alone(
         .build()
         .unwrap();
     client
-        .request(method.clone(), app.url(path))
+        .request(method, app.url(path))
         .header("content-type", "application/json")
         .body(body)
-        .send()
+        .sent()
         .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,7 +574,7 @@ async fn bodies_over_64_kib_are_413s_with_or_without_a_content_length() {
         "batch over 4 MiB chunked",
     )
     .await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
 
     // Exactly 64 KiB is accepted, both ways: the limit is the size, not the framing.
     let response = send_alone(&app, Method::POST, "/orders", padded_order(LIMIT)).await;
@@ -750,32 +600,20 @@ async fn a_413_for_a_large_body_reaches_the_client_and_spoils_no_later_request()
             ("100 KiB chunked", chunked(padded_order(100 * 1024))),
         ] {
             let what = format!("round {round}: POST /orders, {name}");
-            let response = app
-                .http
-                .post(app.url("/orders"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            let response = app.send(Method::POST, "/orders", JSON, body).await;
             check_error(response, 413, "payload_too_large", Field::Absent, &what).await;
-            let response = app
-                .http
-                .get(app.url("/healthz"))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{what}, then GET /healthz: {e:?}"));
-            assert_eq!(response.status(), 200);
+            let response = app.get("/healthz").await;
+            assert_eq!(response.status(), 200, "{what}, then GET /healthz");
         }
     }
     let response = app
-        .http
-        .post(app.url("/orders/batch"))
-        .header("content-type", "application/json")
-        .body(padded_order(4 * 1024 * 1024 + 1))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("batch over 4 MiB with a content-length: {e:?}"));
+        .send(
+            Method::POST,
+            "/orders/batch",
+            JSON,
+            padded_order(4 * 1024 * 1024 + 1),
+        )
+        .await;
     check_error(
         response,
         413,
@@ -784,7 +622,7 @@ async fn a_413_for_a_large_body_reaches_the_client_and_spoils_no_later_request()
         "batch over 4 MiB with a content-length",
     )
     .await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -824,18 +662,13 @@ async fn a_body_that_is_not_application_json_is_a_415() {
         }
     }
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
 
     // Parameters and case do not matter: these are JSON.
     for content_type in ["application/json; charset=utf-8", "Application/JSON"] {
-        let response = send(
-            &app,
-            Method::POST,
-            "/orders",
-            Some(content_type),
-            valid_order(),
-        )
-        .await;
+        let response = app
+            .send(Method::POST, "/orders", Some(content_type), valid_order())
+            .await;
         assert_eq!(response.status(), 202, "{content_type}");
     }
     assert_eq!(app.list_len("queue").await, 2);
@@ -885,14 +718,7 @@ async fn unknown_routes_and_unknown_or_malformed_order_ids_are_404s() {
     // The existing order is untouched, still queued.
     let order: Value = app.get_json(&format!("/orders/{existing}")).await;
     assert_eq!(order["status"], "queued");
-    assert_eq!(
-        state(&app).await,
-        State {
-            queue: 1,
-            pending: 1,
-            ..NOTHING
-        }
-    );
+    assert_eq!(app.state().await, ONE_QUEUED);
     app.cleanup().await;
 }
 
@@ -926,31 +752,16 @@ async fn a_wrong_method_on_a_known_path_is_a_405() {
         cases.push(case);
     }
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
-}
-
-async fn put_status(app: &TestApp, id: Uuid, body: &str) -> reqwest::Response {
-    send(
-        app,
-        Method::PUT,
-        &format!("/orders/{id}/status"),
-        JSON,
-        body.to_string(),
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_changes_other_than_a_legal_cancel_are_refused() {
     let app = TestApp::spawn_with(api_only(), &[]).await;
     let id = app.accept_order("c-409").await;
-    let queued = State {
-        queue: 1,
-        pending: 1,
-        ..NOTHING
-    };
-    assert_eq!(state(&app).await, queued);
+    let queued = ONE_QUEUED;
+    assert_eq!(app.state().await, queued);
 
     // Not a status at all: 422 on the status field.
     for value in [
@@ -961,7 +772,9 @@ async fn status_changes_other_than_a_legal_cancel_are_refused() {
         " cancelled",
         "canceled",
     ] {
-        let response = put_status(&app, id, &json!({ "status": value }).to_string()).await;
+        let response = app
+            .put_status(id, &json!({ "status": value }).to_string())
+            .await;
         check_error(
             response,
             422,
@@ -973,7 +786,9 @@ async fn status_changes_other_than_a_legal_cancel_are_refused() {
     }
     // A status, but not one a client may set: an illegal change, 409.
     for value in ["queued", "processing", "completed", "failed"] {
-        let response = put_status(&app, id, &json!({ "status": value }).to_string()).await;
+        let response = app
+            .put_status(id, &json!({ "status": value }).to_string())
+            .await;
         check_error(
             response,
             409,
@@ -983,18 +798,18 @@ async fn status_changes_other_than_a_legal_cancel_are_refused() {
         )
         .await;
     }
-    assert_eq!(state(&app).await, queued, "refused changes changed nothing");
+    assert_eq!(app.state().await, queued, "refused changes changed nothing");
     let order: Value = app.get_json(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "queued");
 
     // Cancelling works once; cancelling again is an illegal transition.
-    let response = put_status(&app, id, r#"{"status": "cancelled"}"#).await;
+    let response = app.put_status(id, r#"{"status": "cancelled"}"#).await;
     assert_eq!(response.status(), 200);
-    let cancelled = state(&app).await;
+    let cancelled = app.state().await;
     assert_eq!(cancelled.orders, 1);
-    let response = put_status(&app, id, r#"{"status": "cancelled"}"#).await;
+    let response = app.put_status(id, r#"{"status": "cancelled"}"#).await;
     check_error(response, 409, "conflict", Field::Absent, "cancelling twice").await;
-    let response = put_status(&app, id, r#"{"status": "completed"}"#).await;
+    let response = app.put_status(id, r#"{"status": "completed"}"#).await;
     check_error(
         response,
         409,
@@ -1003,7 +818,7 @@ async fn status_changes_other_than_a_legal_cancel_are_refused() {
         "completing a cancelled order",
     )
     .await;
-    assert_eq!(state(&app).await, cancelled);
+    assert_eq!(app.state().await, cancelled);
     assert_eq!(app.count_status("cancelled").await, 1);
     app.cleanup().await;
 }
@@ -1075,15 +890,10 @@ async fn bad_list_queries_are_400_or_422() {
         "status=queued&customer_id=x",
         "cursor=",
     ] {
-        let response = app
-            .http
-            .get(app.url(&format!("/orders?{query}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get(&format!("/orders?{query}")).await;
         assert_eq!(response.status(), 200, "{query}");
     }
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
@@ -1131,17 +941,12 @@ async fn a_batch_is_refused_whole() {
         post("null", b"null".to_vec()).expect(400, "invalid_body", Field::Absent),
     ];
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
 
     // 1,000 is the limit, not over it.
-    let response = send(
-        &app,
-        Method::POST,
-        "/orders/batch",
-        JSON,
-        batch(vec![good; 1000]),
-    )
-    .await;
+    let response = app
+        .send(Method::POST, "/orders/batch", JSON, batch(vec![good; 1000]))
+        .await;
     assert_eq!(response.status(), 202);
     assert_eq!(app.list_len("queue").await, 1000);
     app.cleanup().await;
@@ -1174,322 +979,31 @@ async fn a_batch_names_the_order_of_a_wrong_shape_in_the_field() {
     })
     .collect();
     run_cases(&app, cases).await;
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
     app.cleanup().await;
 }
 
-async fn delete(app: &TestApp, id: &str, authorization: Option<&str>) -> reqwest::Response {
-    let mut request = app.http.delete(app.url(&format!("/orders/{id}")));
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    request.send().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_delete_is_refused_when_no_admin_token_is_configured() {
-    let app = TestApp::spawn_with(api_only(), &[]).await;
-    let id = app.accept_order("c-admin").await;
-    let before = state(&app).await;
-    for auth in [
-        None,
-        Some("Bearer "),
-        Some("Bearer s3cret"),
-        Some("Basic eDp5"),
-    ] {
-        check_error(
-            delete(&app, &id.to_string(), auth).await,
-            403,
-            "forbidden",
-            Field::Absent,
-            &format!("DELETE with {auth:?} and no token configured"),
+async fn a_full_queue_answers_429_with_retry_after_and_enqueues_nothing() {
+    let app = TestApp::spawn_with(api_only(), &[("ORDERS_MAX_QUEUE_DEPTH", "3")]).await;
+    for i in 0..3 {
+        app.accept_order(&format!("c{i}")).await;
+    }
+    let response = app
+        .post_order(&json!({"customer_id": "late", "items": ["a"], "total": 1}))
+        .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "queue_full");
+    let batch = app
+        .post_json(
+            "/orders/batch",
+            &json!([{"customer_id": "b", "items": ["a"], "total": 1}]),
         )
         .await;
-        check_error(
-            delete(&app, &Uuid::new_v4().to_string(), auth).await,
-            403,
-            "forbidden",
-            Field::Absent,
-            &format!("DELETE of an unknown order with {auth:?}"),
-        )
-        .await;
-    }
-    assert_eq!(state(&app).await, before);
-    let response = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "the order is still there");
-    app.cleanup().await;
-}
-
-async fn rows_of(app: &TestApp, id: Uuid) -> (i64, i64) {
-    let orders: i64 = app
-        .db
-        .query_one("SELECT count(*) FROM orders WHERE order_id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
-    let items: i64 = app
-        .db
-        .query_one(
-            "SELECT count(*) FROM order_items WHERE order_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    (orders, items)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_delete_needs_the_configured_token() {
-    const TOKEN: &str = "s3cret";
-    let app = TestApp::spawn_with(Roles::ALL, &[("ORDERS_ADMIN_TOKEN", TOKEN)]).await;
-    let id = app.accept_order("c-delete").await;
-    let other = app.accept_order("c-keep").await;
-    app.wait_for(
-        "both completed and notified",
-        Duration::from_secs(10),
-        || async {
-            app.count_status("completed").await == 2 && app.count_rows("notifications").await == 2
-        },
-    )
-    .await;
-    assert_eq!(rows_of(&app, id).await, (1, 2));
-    let before = state(&app).await;
-
-    for (auth, status, code) in [
-        (None, 401, "unauthorized"),
-        (Some("Basic czNjcmV0"), 401, "unauthorized"),
-        (Some(TOKEN), 401, "unauthorized"),
-        (Some("Bearer"), 401, "unauthorized"),
-        // HTTP drops the trailing space: this is "Bearer" with no token.
-        (Some("Bearer "), 401, "unauthorized"),
-        (Some("Bearer wrong"), 403, "forbidden"),
-        (Some("Bearer s3cre"), 403, "forbidden"),
-        (Some("Bearer s3cret2"), 403, "forbidden"),
-        (Some("Bearer S3CRET"), 403, "forbidden"),
-    ] {
-        for target in [id.to_string(), Uuid::new_v4().to_string(), "abc".into()] {
-            check_error(
-                delete(&app, &target, auth).await,
-                status,
-                code,
-                Field::Absent,
-                &format!("DELETE /orders/{target} with {auth:?}"),
-            )
-            .await;
-        }
-    }
-    assert_eq!(state(&app).await, before, "refused deletes changed nothing");
-
-    let bearer = format!("Bearer {TOKEN}");
-    let response = delete(&app, &id.to_string(), Some(&bearer)).await;
-    assert_eq!(response.status(), 204);
-    assert!(
-        response.bytes().await.unwrap().is_empty(),
-        "204 has no body"
-    );
-    assert_eq!(
-        rows_of(&app, id).await,
-        (0, 0),
-        "the order and its items are gone"
-    );
-    let notified: i64 = app
-        .db
-        .query_one(
-            "SELECT count(*) FROM notifications WHERE order_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(notified, 0, "its notification is gone");
-    assert_eq!(
-        rows_of(&app, other).await,
-        (1, 2),
-        "the other order is kept"
-    );
-    let response = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap();
-    check_error(
-        response,
-        404,
-        "not_found",
-        Field::Absent,
-        "GET after DELETE",
-    )
-    .await;
-    let after = state(&app).await;
-    for target in [
-        id.to_string(),
-        Uuid::new_v4().to_string(),
-        "abc".into(),
-        "%FF".into(),
-    ] {
-        check_error(
-            delete(&app, &target, Some(&bearer)).await,
-            404,
-            "not_found",
-            Field::Absent,
-            &format!("DELETE /orders/{target} with the right token"),
-        )
-        .await;
-    }
-    assert_eq!(state(&app).await, after);
-    app.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_delete_takes_a_queued_order_off_the_queue() {
-    let app = TestApp::spawn_with(api_only(), &[("ORDERS_ADMIN_TOKEN", "s3cret")]).await;
-    let id = app.accept_order("c-delete-queued").await;
-    let keep = app.accept_order("c-keep-queued").await;
-    let response = delete(&app, &id.to_string(), Some("Bearer s3cret")).await;
-    assert_eq!(response.status(), 204);
-    assert_eq!(
-        state(&app).await,
-        State {
-            queue: 1,
-            pending: 1,
-            ..NOTHING
-        }
-    );
-    let response = app
-        .http
-        .get(app.url(&format!("/orders/{id}")))
-        .send()
-        .await
-        .unwrap();
-    check_error(
-        response,
-        404,
-        "not_found",
-        Field::Absent,
-        "GET after DELETE",
-    )
-    .await;
-    let response = app
-        .http
-        .get(app.url(&format!("/orders/{keep}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    check_error(
-        delete(&app, &id.to_string(), Some("Bearer s3cret")).await,
-        404,
-        "not_found",
-        Field::Absent,
-        "second DELETE",
-    )
-    .await;
-    app.cleanup().await;
-}
-
-/// The text of the `total` member of a compact JSON object.
-fn raw_total(text: &str) -> &str {
-    let start = text.find("\"total\":").expect("a total") + "\"total\":".len();
-    let len = text[start..]
-        .find([',', '}'])
-        .expect("the end of the total");
-    &text[start..start + len]
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn money_is_exact_from_request_to_database_to_response() {
-    let app = TestApp::spawn_with(api_only(), &[]).await;
-    // (as sent, as the service writes it back, the same value as a JSON number)
-    let totals = [
-        ("0.1", "0.10"),
-        ("0.07", "0.07"),
-        ("99999999.99", "99999999.99"),
-        ("1e2", "100.00"),
-        ("123.45", "123.45"),
-        ("0", "0.00"),
-        ("-0", "0.00"),
-        ("0.30", "0.30"),
-        ("12.300", "12.30"),
-        ("1.5e1", "15.00"),
-        ("1234E-2", "12.34"),
-        ("0.10e1", "1.00"),
-        ("1E+3", "1000.00"),
-        ("19.99", "19.99"),
-    ];
-    let mut ids = Vec::new();
-    for (sent, _) in totals {
-        let body = order_body(&json!("c-money"), &json!(["a"]), sent);
-        let response = send(&app, Method::POST, "/orders", JSON, body).await;
-        assert_eq!(response.status(), 202, "total {sent}");
-        let body: Value = response.json().await.unwrap();
-        ids.push(body["order_id"].as_str().unwrap().parse::<Uuid>().unwrap());
-    }
-
-    let check = |sent: &str, written: &str, text: &str, when: &str| {
-        let raw = raw_total(text);
-        assert_eq!(raw, written, "total {sent} {when}: {text}");
-        let order: Value = serde_json::from_str(text).unwrap();
-        let expected: Value = serde_json::from_str(sent).unwrap();
-        assert_eq!(
-            order["total"].as_f64(),
-            expected.as_f64(),
-            "total {sent} {when} is the same JSON number"
-        );
-    };
-    // While queued (only in Redis).
-    for ((sent, written), id) in totals.iter().zip(&ids) {
-        let response = app
-            .http
-            .get(app.url(&format!("/orders/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let text = response.text().await.unwrap();
-        assert!(text.contains("\"queued\""), "{text}");
-        check(sent, written, &text, "while queued");
-    }
-
-    // After a worker has stored and completed them.
-    let worker = app.sibling(Roles::parse("worker").unwrap()).await;
-    app.wait_for("all completed", Duration::from_secs(15), || async {
-        app.count_status("completed").await == totals.len() as i64
-    })
-    .await;
-    for ((sent, written), id) in totals.iter().zip(&ids) {
-        let text = app.get_text(&format!("/orders/{id}")).await;
-        assert!(text.contains("\"completed\""), "{text}");
-        check(sent, written, &text, "when completed");
-        let stored: String = app
-            .db
-            .query_one("SELECT total::text FROM orders WHERE order_id = $1", &[id])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(&stored, written, "total {sent} in PostgreSQL");
-    }
-    // And in the list.
-    let text = app.get_text("/orders?limit=500").await;
-    let list: Value = serde_json::from_str(&text).unwrap();
-    for order in list["orders"].as_array().unwrap() {
-        let id: Uuid = order["order_id"].as_str().unwrap().parse().unwrap();
-        let i = ids.iter().position(|x| *x == id).unwrap();
-        let (sent, _) = totals[i];
-        let expected: Value = serde_json::from_str(sent).unwrap();
-        assert_eq!(
-            order["total"].as_f64(),
-            expected.as_f64(),
-            "{sent} in the list"
-        );
-    }
-    worker.cleanup().await;
+    assert_eq!(batch.status(), 429);
+    assert_eq!(app.list_len("queue").await, 3);
     app.cleanup().await;
 }
 
@@ -1521,7 +1035,7 @@ async fn hostile_bodies_are_client_errors_never_500s() {
             .collect::<String>()
     );
     let status_path = format!("/orders/{}/status", Uuid::new_v4());
-    let before = state(&app).await;
+    let before = app.state().await;
     for (name, body) in [
         ("deeply nested arrays", deep_arrays),
         ("deeply nested objects", deep_objects),
@@ -1535,7 +1049,7 @@ async fn hostile_bodies_are_client_errors_never_500s() {
             (Method::POST, "/orders/batch"),
             (Method::PUT, status_path.as_str()),
         ] {
-            let response = send(&app, method.clone(), path, JSON, body.clone()).await;
+            let response = app.send(method.clone(), path, JSON, body.clone()).await;
             let status = response.status();
             let what = format!("{method} {path} with {name}");
             assert!(
@@ -1562,75 +1076,13 @@ async fn hostile_bodies_are_client_errors_never_500s() {
         }
     }
     // The only acceptable change: the 60,000-digit zero, if it was accepted.
-    let after = state(&app).await;
+    let after = app.state().await;
     assert!(after.queue - before.queue <= 1, "{after:?}");
     assert_eq!(after.orders, 0);
     // The service still answers.
-    let response = app.http.get(app.url("/healthz")).send().await.unwrap();
+    let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
     app.cleanup().await;
-}
-
-/// A TCP forwarder in front of a backing service, which a test can cut and restore, so the
-/// service under test loses it without the shared Redis being touched.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    target: String,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Proxy {
-        let mut proxy = Proxy {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            target: target.to_string(),
-            task: None,
-        };
-        proxy.listen().await;
-        proxy
-    }
-
-    async fn listen(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.addr = listener.local_addr().unwrap();
-        let target = self.target.clone();
-        self.task = Some(tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                let target = target.clone();
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        }));
-    }
-
-    /// Closes the listener and every connection through it.
-    async fn cut(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    /// Listens again on the same address.
-    async fn restore(&mut self) {
-        self.listen().await;
-    }
-}
-
-/// `redis://host:port` → `host:port`.
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split('/').next().unwrap().to_string()
 }
 
 async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -1643,9 +1095,9 @@ async fn with_timeout<T>(what: &str, f: impl std::future::Future<Output = T>) ->
 async fn unreachable_redis_is_a_503_that_changes_nothing() {
     let redis_url = common::redis_url();
     let mut proxy = Proxy::start(&host_port(&redis_url)).await;
-    let proxied = redis_url.replacen(&host_port(&redis_url), &proxy.addr.to_string(), 1);
+    let proxied = proxy.in_front_of(&redis_url);
     let app = TestApp::spawn_with(api_only(), &[("REDIS_URL", &proxied)]).await;
-    let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     assert_eq!(response.status(), 200, "ready through the proxy");
 
     proxy.cut().await;
@@ -1667,29 +1119,28 @@ async fn unreachable_redis_is_a_503_that_changes_nothing() {
         let what = format!("{method} {path} with Redis unreachable");
         expect_unavailable(&app, method, &path, body, &what).await;
     }
-    let response = with_timeout("readyz", app.http.get(app.url("/readyz")).send())
-        .await
-        .unwrap();
+    let response = with_timeout("readyz", app.get("/readyz")).await;
     assert_eq!(response.status(), 503, "not ready without Redis");
-    assert_eq!(state(&app).await, NOTHING);
+    assert_eq!(app.state().await, NOTHING);
 
     // Back again: the service reconnects by itself.
     proxy.restore().await;
-    let mut accepted = false;
-    for _ in 0..100 {
-        let response = with_timeout(
-            "POST after Redis is back",
-            send(&app, Method::POST, "/orders", JSON, valid_order()),
-        )
-        .await;
-        if response.status() == 202 {
-            accepted = true;
-            break;
-        }
-        assert_eq!(response.status(), 503);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(accepted, "orders are accepted again once Redis is back");
+    wait_until(
+        "orders are accepted again once Redis is back",
+        Duration::from_secs(30),
+        async || {
+            let response = with_timeout(
+                "POST after Redis is back",
+                app.send(Method::POST, "/orders", JSON, valid_order()),
+            )
+            .await;
+            if response.status() != 202 {
+                assert_eq!(response.status(), 503);
+            }
+            response.status() == 202
+        },
+    )
+    .await;
     assert_eq!(app.list_len("queue").await, 1);
     proxy.cut().await;
     app.cleanup().await;
@@ -1698,27 +1149,15 @@ async fn unreachable_redis_is_a_503_that_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_postgres_is_a_503_that_changes_nothing() {
     let app = TestApp::spawn_with(api_only(), &[]).await;
-    let db_name: String = app
-        .db
-        .query_one("SELECT current_database()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let db_name: String = scalar(&app.db, "SELECT current_database()", &[]).await;
     assert!(db_name.starts_with("orders_test_"), "{db_name}");
-    let response = app.http.get(app.url("/orders")).send().await.unwrap();
+    let response = app.get("/orders").await;
     assert_eq!(response.status(), 200);
 
     // Nobody may connect to this test's database, and its connections are closed: for the
     // service it is as if PostgreSQL were down. Nothing else on the server is touched.
-    let admin = common::connect(&format!("{}/postgres", common::postgres_base())).await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE {db_name} ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = '{db_name}' AND pid <> pg_backend_pid();"
-        ))
-        .await
-        .unwrap();
+    let admin = db::admin_client().await;
+    db::cut_off(&admin, &db_name).await;
 
     let id = Uuid::new_v4();
     for (method, path, body) in [
@@ -1733,52 +1172,42 @@ async fn unreachable_postgres_is_a_503_that_changes_nothing() {
         let what = format!("{method} {path} with PostgreSQL unreachable");
         expect_unavailable(&app, method, &path, body, &what).await;
     }
-    let response = with_timeout("readyz", app.http.get(app.url("/readyz")).send())
-        .await
-        .unwrap();
+    let response = with_timeout("readyz", app.get("/readyz")).await;
     assert_eq!(response.status(), 503, "not ready without PostgreSQL");
     // The API keeps accepting orders while the database is away: it only needs Redis.
     let response = with_timeout(
         "POST without PostgreSQL",
-        send(&app, Method::POST, "/orders", JSON, valid_order()),
+        app.send(Method::POST, "/orders", JSON, valid_order()),
     )
     .await;
     assert_eq!(response.status(), 202);
 
-    admin
-        .batch_execute(&format!("ALTER DATABASE {db_name} ALLOW_CONNECTIONS true"))
-        .await
-        .unwrap();
-    let db = common::connect(&app.config.database_url).await;
+    db::let_in(&admin, &db_name).await;
+    let db = db::connect(&app.config.database_url).await;
     assert_eq!(
-        state_with(&app, &db).await,
-        State {
-            queue: 1,
-            pending: 1,
-            ..NOTHING
-        },
+        app.state_with(&db).await,
+        ONE_QUEUED,
         "the refused requests changed nothing"
     );
     // And the service recovers by itself.
-    let mut ok = false;
-    for _ in 0..100 {
-        let response = with_timeout("GET /orders", app.http.get(app.url("/orders")).send())
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "the list answers again once PostgreSQL is back");
+    wait_until(
+        "the list answers again once PostgreSQL is back",
+        Duration::from_secs(30),
+        async || {
+            with_timeout("GET /orders", app.get("/orders"))
+                .await
+                .status()
+                == 200
+        },
+    )
+    .await;
     app.cleanup().await;
 }
 
 /// Sends a request that needs a backing service that is down: a 503 `unavailable` with
 /// `Retry-After: 1`.
 async fn expect_unavailable(app: &TestApp, method: Method, path: &str, body: String, what: &str) {
-    let response = with_timeout(what, send(app, method, path, JSON, body)).await;
+    let response = with_timeout(what, app.send(method, path, JSON, body)).await;
     assert_eq!(
         response
             .headers()

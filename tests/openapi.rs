@@ -1,13 +1,16 @@
-//! The OpenAPI document the service serves and the router list the same routes: every documented
-//! operation is routed, every other method on a documented path is a 405 naming the documented
-//! ones, and paths the document does not name are unknown routes.
+//! The OpenAPI document the service serves and the router list the same routes: the document
+//! names exactly the operations of the route table (`orders::http::ROUTES`), with the admin token
+//! on exactly its admin ones; every documented operation is routed, every other method on a
+//! documented path is a 405 naming the documented ones, and paths the document does not name are
+//! unknown routes.
 
 mod common;
 
 use common::TestApp;
+use orders::http::{Access, ROUTES};
 use reqwest::Method;
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 const TOKEN: &str = "s3cret";
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
@@ -78,6 +81,34 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let code = body["error"]["code"].as_str().unwrap_or("").to_string();
     let message = body["error"]["message"].as_str().unwrap_or("").to_string();
     (status, code, message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_names_the_operations_of_the_route_table() {
+    let app = spawn().await;
+    let doc = served_document(&app).await;
+    let table: BTreeMap<String, BTreeSet<String>> = ROUTES
+        .iter()
+        .map(|route| {
+            let methods = route.methods.iter().map(|(m, _)| m.to_string()).collect();
+            (route.template.to_string(), methods)
+        })
+        .collect();
+    let paths: BTreeMap<String, BTreeSet<String>> = documented(&doc).into_iter().collect();
+    assert_eq!(paths, table);
+    for route in ROUTES {
+        for (method, access) in route.methods {
+            let operation = &doc["paths"][route.template][method.as_str().to_lowercase()];
+            let secured = operation["security"][0].get("adminToken").is_some();
+            assert_eq!(
+                secured,
+                *access == Access::Admin,
+                "{method} {}: security",
+                route.template
+            );
+        }
+    }
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,16 @@
-//! One error type for the API; each variant knows its HTTP status. The internal cause of a 503 is
-//! logged, never sent to the client.
+//! One error type for the API; each variant knows its HTTP status. [`recover`] turns every
+//! rejection into the one JSON error shape; the internal cause of a 503 is logged, never sent to
+//! the client.
 
 use serde::Serialize;
-use warp::http::StatusCode;
+use slog::{error, warn, Logger};
+use std::error::Error;
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::Reply;
+use warp::{Rejection, Reply};
 
 /// Everything a request can fail with.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     MalformedJson(String),
@@ -38,8 +41,9 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("the queue is full, retry later")]
     QueueFull,
+    /// Redis or PostgreSQL failed; the cause is for the log only.
     #[error("a backing service is unavailable, retry later")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn Error + Send + Sync>),
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -87,6 +91,40 @@ impl ApiError {
             _ => None,
         }
     }
+
+    /// The response the client gets: the status, the JSON body, `Connection: close` after a
+    /// body too large and `Retry-After` when trying again may help.
+    pub fn to_response(&self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut response = error_body(status, code, self.to_string(), self.field());
+        if let ApiError::PayloadTooLarge(_) = self {
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+        }
+        if let ApiError::Unavailable(_) | ApiError::QueueFull = self {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn error_body(
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&str>,
+) -> Response {
+    let body = Body {
+        error: Detail {
+            code,
+            message,
+            field,
+        },
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 impl From<crate::order::InvalidOrder> for ApiError {
@@ -105,38 +143,194 @@ impl From<crate::order::InvalidOrder> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable(Box::new(e))
     }
 }
 
 impl From<crate::queue::QueueError> for ApiError {
     fn from(e: crate::queue::QueueError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        ApiError::Unavailable(Box::new(e))
+    }
+}
+
+impl From<crate::stats::StatsError> for ApiError {
+    fn from(e: crate::stats::StatsError) -> Self {
+        ApiError::Unavailable(Box::new(e))
     }
 }
 
 impl Reply for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let body = Body {
-            error: Detail {
-                code,
-                message: self.to_string(),
-                field: self.field(),
-            },
-        };
-        let mut response =
-            warp::reply::with_status(warp::reply::json(&body), status).into_response();
-        if let ApiError::PayloadTooLarge(_) = self {
-            response
-                .headers_mut()
-                .insert("connection", warp::http::HeaderValue::from_static("close"));
+        self.to_response()
+    }
+}
+
+/// Hands a handler's or a filter's outcome to warp (`.and_then(answer)`): the one place an
+/// [`ApiError`] becomes the rejection that [`recover`] answers.
+pub(super) fn answer<T>(
+    result: Result<T, ApiError>,
+) -> futures_util::future::Ready<Result<T, Rejection>> {
+    futures_util::future::ready(result.map_err(warp::reject::custom))
+}
+
+/// Turns any rejection into the JSON error shape. A rejection it does not know is a bug, not
+/// the client's doing: a 500 with a generic body, its details only in the log.
+pub fn recover(rejection: Rejection, log: &Logger) -> Response {
+    let known;
+    let error = match rejection.find::<ApiError>() {
+        Some(error) => error,
+        None => match from_warp(&rejection) {
+            Some(error) => {
+                known = error;
+                &known
+            }
+            None => {
+                error!(log, "unhandled rejection"; "rejection" => ?rejection);
+                metrics::counter!(crate::stats::REJECTED, "reason" => "internal").increment(1);
+                let status = StatusCode::INTERNAL_SERVER_ERROR;
+                return error_body(status, "internal", "internal error".into(), None);
+            }
+        },
+    };
+    if let ApiError::Unavailable(cause) = error {
+        warn!(log, "request failed: backing service unavailable"; "error" => cause_chain(cause.as_ref()));
+    }
+    metrics::counter!(crate::stats::REJECTED, "reason" => error.status_and_code().1).increment(1);
+    error.to_response()
+}
+
+/// The error of a rejection made by warp's own filters (or the router's), in the order they
+/// rank when several branches refused a request: a path no branch knows is only not found when
+/// every branch says so, and a branch refusing the method ranks above what its headers or query
+/// were refused for.
+fn from_warp(rejection: &Rejection) -> Option<ApiError> {
+    use warp::reject;
+    Some(if rejection.is_not_found() {
+        ApiError::NotFound("no such route".into())
+    } else if rejection.find::<super::routes::OtherMethod>().is_some()
+        || rejection.find::<reject::MethodNotAllowed>().is_some()
+    {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge(super::MAX_BODY)
+    } else if rejection.find::<reject::UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType
+    } else if let Some(e) = rejection.find::<reject::InvalidHeader>() {
+        ApiError::InvalidHeader(e.to_string())
+    } else if let Some(e) = rejection.find::<reject::MissingHeader>() {
+        ApiError::InvalidHeader(e.to_string())
+    } else if let Some(e) = rejection.find::<reject::InvalidQuery>() {
+        ApiError::InvalidQuery(e.to_string())
+    } else {
+        return None;
+    })
+}
+
+/// An error and its sources, joined with ": ". A source whose text its error already ends with
+/// (`redis: {0}` over the Redis error) is not repeated.
+fn cause_chain(error: &(dyn Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.ends_with(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
         }
-        if let ApiError::Unavailable(_) | ApiError::QueueFull = self {
-            response
-                .headers_mut()
-                .insert("retry-after", warp::http::HeaderValue::from_static("1"));
-        }
-        response
+        source = cause.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::Filter;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("redis: {0}")]
+        Repeats(#[source] Inner),
+        #[error("enqueue failed")]
+        Wraps(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Inner(#[source] std::io::Error);
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("os error 111")
+    }
+
+    #[test]
+    fn the_cause_chain_names_every_source_once() {
+        let repeats = Outer::Repeats(Inner(io()));
+        assert_eq!(
+            cause_chain(&repeats),
+            "redis: connection refused: os error 111"
+        );
+        let wraps = Outer::Wraps(Inner(io()));
+        assert_eq!(
+            cause_chain(&wraps),
+            "enqueue failed: connection refused: os error 111"
+        );
+        let error = ApiError::Unavailable(Box::new(Outer::Wraps(Inner(io()))));
+        assert!(error.source().is_some());
+        assert_eq!(
+            error.to_string(),
+            "a backing service is unavailable, retry later"
+        );
+    }
+
+    /// The response `recover` makes of what `filter` rejects.
+    async fn recovered<F>(filter: F, request: warp::test::RequestBuilder) -> (u16, String)
+    where
+        F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    {
+        let log = Logger::root(slog::Discard, slog::o!());
+        let filter = filter.recover(move |rejection| {
+            let log = log.clone();
+            async move { Ok::<_, std::convert::Infallible>(recover(rejection, &log)) }
+        });
+        let response = request.reply(&filter).await;
+        let body = String::from_utf8_lossy(response.body()).into_owned();
+        (response.status().as_u16(), body)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_rejection_is_a_generic_500_without_its_details() {
+        #[derive(Debug)]
+        struct Unknown;
+        impl warp::reject::Reject for Unknown {}
+        let filter =
+            warp::any().and_then(|| async { Err::<Response, _>(warp::reject::custom(Unknown)) });
+        let (status, body) = recovered(filter, warp::test::request()).await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"internal","message":"internal error"}}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn warps_own_rejections_keep_their_status() {
+        let header = warp::header::<String>("x-needed").map(|_| Response::default());
+        let (status, body) = recovered(header, warp::test::request()).await;
+        assert_eq!(status, 400);
+        assert!(body.contains(r#""code":"invalid_header""#), "{body}");
+        let query = warp::query::raw().map(|_| Response::default());
+        let (status, body) = recovered(query, warp::test::request().path("/")).await;
+        assert_eq!(status, 400);
+        assert!(body.contains(r#""code":"invalid_query""#), "{body}");
+        let method = warp::get().map(Response::default);
+        let request = warp::test::request().method("POST");
+        let (status, body) = recovered(method, request).await;
+        assert_eq!(status, 405);
+        assert!(body.contains(r#""code":"method_not_allowed""#), "{body}");
+        let none = warp::path("x").map(Response::default);
+        let (status, body) = recovered(none, warp::test::request().path("/y")).await;
+        assert_eq!(status, 404);
+        assert!(body.contains("no such route"), "{body}");
     }
 }

@@ -1,4 +1,5 @@
-//! The handlers: plain async functions from parsed input to a reply or an [`ApiError`].
+//! The handlers: plain async functions from parsed input to a reply or an [`ApiError`]. The
+//! router has checked the admin token of an admin operation before its handler runs.
 
 use super::{Api, ApiError, MAX_BATCH};
 use crate::events::{Event, CANCELLED_CHANNEL};
@@ -13,15 +14,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::{json, with_header, with_status, Response};
-use warp::{Rejection, Reply};
+use warp::Reply;
 
 /// Default and largest page of `GET /orders`.
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
-
-fn reject(e: impl Into<ApiError>) -> Rejection {
-    warp::reject::custom(e.into())
-}
 
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -33,14 +30,14 @@ pub async fn create_order(
     idempotency_key: Option<String>,
     request_id: String,
     api: Arc<Api>,
-) -> Result<Response, Rejection> {
-    let order = NewOrder::parse(&body).map_err(reject)?;
+) -> Result<Response, ApiError> {
+    let order = NewOrder::parse(&body)?;
     if let Some(key) = &idempotency_key {
         let printable = key.bytes().all(|b| b.is_ascii_graphic());
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
-            return Err(reject(ApiError::InvalidHeader(format!(
+            return Err(ApiError::InvalidHeader(format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            ))));
+            )));
         }
     }
     // What the key remembers: the order id and the order as validated, so that the same order
@@ -55,25 +52,30 @@ pub async fn create_order(
     let outcome = api
         .queue
         .enqueue(std::slice::from_ref(&job), idempotency)
-        .await
-        .map_err(reject)?;
+        .await?;
     let order_id = match outcome {
         Enqueued::Accepted => {
             metrics::counter!(crate::stats::ACCEPTED).increment(1);
             info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
             job.order_id
         }
-        Enqueued::QueueFull => return Err(reject(ApiError::QueueFull)),
+        Enqueued::QueueFull => return Err(ApiError::QueueFull),
         Enqueued::Seen(first) => {
             if Some(&first.body) != replay.as_ref().map(|r| &r.body) {
-                return Err(reject(ApiError::Conflict(
+                return Err(ApiError::Conflict(
                     "this Idempotency-Key was used with a different body".into(),
-                )));
+                ));
             }
             info!(api.log, "idempotent replay"; "order_id" => %first.order_id, "request_id" => &request_id);
             first.order_id
         }
     };
+    Ok(accepted(order_id, request_id))
+}
+
+/// The 202 of an accepted order: its id and `queued`, its `Location` and the request's
+/// `X-Request-Id`. Public for the ingest baseline, which must answer exactly this.
+pub fn accepted(order_id: Uuid, request_id: String) -> Response {
     let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
     let location = format!("/orders/{order_id}");
     let reply = with_header(
@@ -81,7 +83,7 @@ pub async fn create_order(
         "location",
         location,
     );
-    Ok(with_header(reply, super::REQUEST_ID, request_id).into_response())
+    with_header(reply, super::REQUEST_ID, request_id).into_response()
 }
 
 /// `POST /orders/batch`: a JSON array of up to 1,000 orders; all valid and enqueued, or none.
@@ -89,7 +91,7 @@ pub async fn create_batch(
     body: Bytes,
     request_id: String,
     api: Arc<Api>,
-) -> Result<Response, Rejection> {
+) -> Result<Response, ApiError> {
     let orders = NewOrder::parse_batch(&body).map_err(|(index, e)| {
         let mut e = ApiError::from(e);
         if let (Some(i), ApiError::InvalidField { field, message }) = (index, &mut e) {
@@ -102,22 +104,22 @@ pub async fn create_batch(
                 None => format!("[{i}]"),
             });
         }
-        reject(e)
+        e
     })?;
     if orders.is_empty() || orders.len() > MAX_BATCH {
-        return Err(reject(ApiError::InvalidField {
+        return Err(ApiError::InvalidField {
             field: "orders".into(),
             message: format!("a batch holds 1 to {MAX_BATCH} orders"),
-        }));
+        });
     }
     let now = OffsetDateTime::now_utc();
     let jobs: Vec<Job> = orders
         .into_iter()
         .map(|o| Job::accept(o, now, Some(request_id.clone())))
         .collect();
-    let outcome = api.queue.enqueue(&jobs, None).await.map_err(reject)?;
+    let outcome = api.queue.enqueue(&jobs, None).await?;
     if outcome == Enqueued::QueueFull {
-        return Err(reject(ApiError::QueueFull));
+        return Err(ApiError::QueueFull);
     }
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
     metrics::counter!(crate::stats::ACCEPTED).increment(ids.len() as u64);
@@ -138,17 +140,17 @@ struct ListParams {
     cursor: Option<String>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> Rejection {
-    reject(ApiError::InvalidField {
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidField {
         field: field.into(),
         message: message.into(),
-    })
+    }
 }
 
 /// `GET /orders?status=&customer_id=&limit=&cursor=`: newest first, keyset pagination.
-pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejection> {
+pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, ApiError> {
     let params: ListParams = serde_urlencoded::from_str(&query)
-        .map_err(|e| reject(ApiError::InvalidQuery(format!("invalid query string: {e}"))))?;
+        .map_err(|e| ApiError::InvalidQuery(format!("invalid query string: {e}")))?;
     let status = match params.status.as_deref() {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -181,7 +183,7 @@ pub async fn list_orders(query: String, api: Arc<Api>) -> Result<Response, Rejec
         limit,
         after,
     };
-    let (orders, next) = api.store.list(&query).await.map_err(reject)?;
+    let (orders, next) = api.store.list(&query).await?;
     let page = Page {
         orders,
         next_cursor: next.map(|c| c.encode()),
@@ -198,7 +200,7 @@ struct Page {
 }
 
 /// A page size: 1 to 500, 50 when absent.
-fn parse_limit(limit: Option<&str>) -> Result<i64, Rejection> {
+fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) => l
@@ -209,8 +211,8 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, Rejection> {
     }
 }
 
-fn parse_id(id: &str) -> Result<Uuid, Rejection> {
-    Uuid::try_parse(id).map_err(|_| reject(ApiError::NotFound(format!("no order {id}"))))
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id).map_err(|_| ApiError::NotFound(format!("no order {id}")))
 }
 
 /// Finds an order in PostgreSQL or, while no worker has stored it yet, in Redis. PostgreSQL is
@@ -226,11 +228,11 @@ async fn find(api: &Api, order_id: Uuid) -> Result<Option<OrderView>, ApiError> 
 }
 
 /// `GET /orders/{id}`.
-pub async fn get_order(id: String, api: Arc<Api>) -> Result<Response, Rejection> {
+pub async fn get_order(id: String, api: Arc<Api>) -> Result<Response, ApiError> {
     let order_id = parse_id(&id)?;
-    match find(&api, order_id).await.map_err(reject)? {
+    match find(&api, order_id).await? {
         Some(order) => Ok(json(&order).into_response()),
-        None => Err(reject(ApiError::NotFound(format!("no order {order_id}")))),
+        None => Err(ApiError::NotFound(format!("no order {order_id}"))),
     }
 }
 
@@ -246,34 +248,30 @@ pub async fn set_status(
     body: Bytes,
     request_id: String,
     api: Arc<Api>,
-) -> Result<Response, Rejection> {
+) -> Result<Response, ApiError> {
     let order_id = parse_id(&id)?;
-    let change: StatusChange = crate::order::from_json_object(&body).map_err(reject)?;
+    let change: StatusChange = crate::order::from_json_object(&body)?;
     match Status::parse(&change.status) {
         Some(Status::Cancelled) => {}
         Some(other) => {
-            return Err(reject(ApiError::Conflict(format!(
+            return Err(ApiError::Conflict(format!(
                 "an order cannot be set to {other} through the API; only \"cancelled\""
-            ))))
+            )))
         }
         None => return Err(invalid("status", "status must be \"cancelled\"")),
     }
-    let queued = api.queue.pending(order_id).await.map_err(reject)?;
-    let outcome = api
-        .store
-        .cancel(order_id, queued.as_ref())
-        .await
-        .map_err(reject)?;
+    let queued = api.queue.pending(order_id).await?;
+    let outcome = api.store.cancel(order_id, queued.as_ref()).await?;
     match outcome {
-        CancelOutcome::NotFound => Err(reject(ApiError::NotFound(format!("no order {order_id}")))),
-        CancelOutcome::Final(status) => Err(reject(ApiError::Conflict(format!(
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no order {order_id}"))),
+        CancelOutcome::Final(status) => Err(ApiError::Conflict(format!(
             "order {order_id} is already {status}"
-        )))),
+        ))),
         CancelOutcome::Cancelled => {
             info!(api.log, "order cancelled"; "order_id" => %order_id, "request_id" => &request_id);
-            let order = api.store.get(order_id).await.map_err(reject)?;
+            let order = api.store.get(order_id).await?;
             let Some(order) = order else {
-                return Err(reject(ApiError::NotFound(format!("no order {order_id}"))));
+                return Err(ApiError::NotFound(format!("no order {order_id}")));
             };
             let event = Event::of_order(&order, &request_id).to_json();
             if let Err(e) = api.queue.publish(CANCELLED_CHANNEL, &event).await {
@@ -285,25 +283,20 @@ pub async fn set_status(
 }
 
 /// `DELETE /orders/{id}` (admin): removes the order and its items.
-pub async fn delete_order(
-    id: String,
-    authorization: Option<String>,
-    api: Arc<Api>,
-) -> Result<Response, Rejection> {
-    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+pub async fn delete_order(id: String, api: Arc<Api>) -> Result<Response, ApiError> {
     let order_id = parse_id(&id)?;
-    let removal = api.queue.remove_queued(order_id).await.map_err(reject)?;
-    let from_store = api.store.delete(order_id).await.map_err(reject)?;
+    let removal = api.queue.remove_queued(order_id).await?;
+    let from_store = api.store.delete(order_id).await?;
     match (removal, from_store) {
         (Removal::Removed, _) | (_, true) => {}
         // Claimed but not stored yet: deleting now would let the worker store it afterwards.
         (Removal::HeldByWorker, false) => {
-            return Err(reject(ApiError::Conflict(format!(
+            return Err(ApiError::Conflict(format!(
                 "order {order_id} is being taken by a worker; retry in a moment"
-            ))))
+            )))
         }
         (Removal::NotQueued, false) => {
-            return Err(reject(ApiError::NotFound(format!("no order {order_id}"))))
+            return Err(ApiError::NotFound(format!("no order {order_id}")))
         }
     }
     info!(api.log, "order deleted"; "order_id" => %order_id);
@@ -311,26 +304,17 @@ pub async fn delete_order(
 }
 
 /// `GET /dead-letters?limit=` (admin): the newest dead letters with their error history.
-pub async fn list_dead_letters(
-    query: String,
-    authorization: Option<String>,
-    api: Arc<Api>,
-) -> Result<Response, Rejection> {
-    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+pub async fn list_dead_letters(query: String, api: Arc<Api>) -> Result<Response, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Params {
         limit: Option<String>,
     }
     let params: Params = serde_urlencoded::from_str(&query)
-        .map_err(|e| reject(ApiError::InvalidQuery(format!("invalid query string: {e}"))))?;
+        .map_err(|e| ApiError::InvalidQuery(format!("invalid query string: {e}")))?;
     let limit = parse_limit(params.limit.as_deref())?;
-    let entries = api
-        .queue
-        .dead_letters(limit as usize)
-        .await
-        .map_err(reject)?;
-    let total = api.queue.dead_letter_count().await.map_err(reject)?;
+    let entries = api.queue.dead_letters(limit as usize).await?;
+    let total = api.queue.dead_letter_count().await?;
     let entries: Vec<serde_json::Value> = entries
         .iter()
         .map(|e| serde_json::from_str(e).unwrap_or_else(|_| serde_json::json!({"raw": e})))
@@ -343,23 +327,10 @@ const DEAD_LETTER_SCAN: usize = 100_000;
 
 /// `POST /dead-letters/{id}/retry` (admin): puts a dead-lettered order back on the queue with its
 /// tries reset (its error history is kept).
-pub async fn retry_dead_letter(
-    id: String,
-    authorization: Option<String>,
-    api: Arc<Api>,
-) -> Result<Response, Rejection> {
-    authorize_admin(api.admin_token.as_deref(), authorization.as_deref()).map_err(reject)?;
+pub async fn retry_dead_letter(id: String, api: Arc<Api>) -> Result<Response, ApiError> {
     let order_id = parse_id(&id)?;
-    let not_found = || {
-        reject(ApiError::NotFound(format!(
-            "no dead letter for order {order_id}"
-        )))
-    };
-    let entries = api
-        .queue
-        .dead_letters(DEAD_LETTER_SCAN)
-        .await
-        .map_err(reject)?;
+    let not_found = || ApiError::NotFound(format!("no dead letter for order {order_id}"));
+    let entries = api.queue.dead_letters(DEAD_LETTER_SCAN).await?;
     let wanted = order_id.to_string();
     let (entry, payload) = entries
         .iter()
@@ -369,18 +340,15 @@ pub async fn retry_dead_letter(
                 .then(|| (e.clone(), v["payload"].as_str().unwrap_or("").to_string()))
         })
         .ok_or_else(not_found)?;
-    let mut job = Job::parse(payload.as_bytes()).map_err(|e| {
-        reject(ApiError::Conflict(format!(
-            "this dead letter can never succeed: {e}"
-        )))
-    })?;
+    let mut job = Job::parse(payload.as_bytes())
+        .map_err(|e| ApiError::Conflict(format!("this dead letter can never succeed: {e}")))?;
     job.failures = 0;
-    if !api.store.requeue_failed(order_id).await.map_err(reject)? {
-        return Err(reject(ApiError::Conflict(format!(
+    if !api.store.requeue_failed(order_id).await? {
+        return Err(ApiError::Conflict(format!(
             "order {order_id} is no longer failed"
-        ))));
+        )));
     }
-    if !api.queue.revive(&entry, &job).await.map_err(reject)? {
+    if !api.queue.revive(&entry, &job).await? {
         return Err(not_found());
     }
     info!(api.log, "dead letter retried"; "order_id" => %order_id);
@@ -388,48 +356,20 @@ pub async fn retry_dead_letter(
     Ok(with_status(body, StatusCode::ACCEPTED).into_response())
 }
 
-/// Admin routes need the configured token; with none configured they are refused.
-fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(), ApiError> {
-    let Some(configured) = configured else {
-        return Err(ApiError::Forbidden(
-            "admin routes are disabled: no admin token is configured",
-        ));
-    };
-    let Some(sent) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return Err(ApiError::Unauthorized);
-    };
-    // Compare in time independent of where the first difference is.
-    let same = sent.len() == configured.len()
-        && sent
-            .bytes()
-            .zip(configured.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("wrong admin token"))
-    }
-}
-
 /// `GET /stats`: order metrics for people and scripts.
-pub async fn stats(api: Arc<Api>) -> Result<Response, Rejection> {
-    let stats = crate::stats::collect(&api.queue, &api.store)
-        .await
-        .map_err(|e| reject(ApiError::Unavailable(e.to_string())))?;
+pub async fn stats(api: Arc<Api>) -> Result<Response, ApiError> {
+    let stats = crate::stats::collect(&api.queue, &api.store).await?;
     Ok(json(&stats).into_response())
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(api: Arc<Api>) -> Result<Response, Rejection> {
-    let text = crate::stats::render(&api.queue, &api.store)
-        .await
-        .map_err(reject)?;
+pub async fn metrics(api: Arc<Api>) -> Result<Response, ApiError> {
+    let text = crate::stats::render(&api.queue, &api.store).await?;
     Ok(with_header(text, "content-type", "text/plain; version=0.0.4").into_response())
 }
 
 /// `GET /readyz`: Redis and PostgreSQL answer and the migrations are applied.
-pub async fn ready(api: Arc<Api>) -> Result<Response, Rejection> {
+pub async fn ready(api: Arc<Api>) -> Response {
     let redis = match api.queue.ping().await {
         Ok(()) => "ok".to_string(),
         Err(e) => e.to_string(),
@@ -467,31 +407,5 @@ pub async fn ready(api: Arc<Api>) -> Result<Response, Rejection> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok(with_status(body, status).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admin_routes_are_refused_without_the_right_token() {
-        assert!(matches!(
-            authorize_admin(None, Some("Bearer x")),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), None),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Basic s3cret")),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Bearer s3creT")),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(authorize_admin(Some("s3cret"), Some("Bearer s3cret")).is_ok());
-    }
+    with_status(body, status).into_response()
 }

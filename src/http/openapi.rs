@@ -2,9 +2,9 @@
 //!
 //! It is written by hand in `openapi.json`, beside this file, and kept true to the routes by
 //! tests: the unit tests below check that it is a well-formed OpenAPI 3 document naming only
-//! routes the router knows, `tests/openapi.rs` checks against the running service that the router
-//! and the document list the same routes and methods, and `just contract` (schemathesis) checks
-//! every response against it.
+//! routes the router knows, `tests/openapi.rs` checks against the running service that it names
+//! exactly the operations of the route table (`ROUTES`) and that the router serves them, and
+//! `just contract` (schemathesis) checks every response against it.
 
 /// The document, kept beside this file (OpenAPI 3.0.3, JSON).
 pub const DOCUMENT: &str = include_str!("openapi.json");
@@ -173,7 +173,7 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::Forbidden(""),
             ApiError::QueueFull,
-            ApiError::Unavailable(String::new()),
+            ApiError::Unavailable(String::new().into()),
         ];
         // Does not compile once a variant is added: add it to `errors` too.
         let _every_variant_is_listed = |e: &ApiError| match e {

@@ -1,0 +1,347 @@
+//! The route table and the router built from it. [`ROUTES`] is the one list of the API's paths
+//! and methods: the router checks its branches against it, the access log takes its metric labels
+//! and the `Allow` header of a 405 from it, and `tests/openapi.rs` holds the served document to it.
+
+use super::body::json_body;
+use super::error::answer;
+use super::request_id::request_id;
+use super::{handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
+use futures_util::future;
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::http::{HeaderValue, Method};
+use warp::path::FullPath;
+use warp::reply::{json, with_header, Response};
+use warp::{Filter, Rejection, Reply};
+use Access::{Admin, Public};
+
+/// Who may call an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// Only a caller that sends `Authorization: Bearer <admin token>`.
+    Admin,
+}
+
+/// One path of the API and the operations on it.
+#[derive(Debug)]
+pub struct Route {
+    /// The path; `{id}` stands for any one non-empty segment.
+    pub template: &'static str,
+    /// The methods it answers, in the order the `Allow` header names them, and who may call each.
+    pub methods: &'static [(Method, Access)],
+}
+
+static ORDERS: Route = Route::new("/orders", &[(Method::GET, Public), (Method::POST, Public)]);
+static ORDERS_BATCH: Route = Route::new("/orders/batch", &[(Method::POST, Public)]);
+static ORDER: Route = Route::new(
+    "/orders/{id}",
+    &[(Method::GET, Public), (Method::DELETE, Admin)],
+);
+static ORDER_STATUS: Route = Route::new("/orders/{id}/status", &[(Method::PUT, Public)]);
+static DEAD_LETTERS: Route = Route::new("/dead-letters", &[(Method::GET, Admin)]);
+static DEAD_LETTER_RETRY: Route = Route::new("/dead-letters/{id}/retry", &[(Method::POST, Admin)]);
+static HEALTHZ: Route = Route::new("/healthz", &[(Method::GET, Public)]);
+static READYZ: Route = Route::new("/readyz", &[(Method::GET, Public)]);
+static STATS: Route = Route::new("/stats", &[(Method::GET, Public)]);
+static METRICS: Route = Route::new("/metrics", &[(Method::GET, Public)]);
+static OPENAPI: Route = Route::new("/openapi.json", &[(Method::GET, Public)]);
+
+/// Every route of the API, in the order a path is tried against them: the first that fits is
+/// the path's route, so `/orders/batch` comes before the `/orders/{id}` that it also fits.
+pub static ROUTES: &[&Route] = &[
+    &ORDERS,
+    &ORDERS_BATCH,
+    &ORDER,
+    &ORDER_STATUS,
+    &DEAD_LETTERS,
+    &DEAD_LETTER_RETRY,
+    &HEALTHZ,
+    &READYZ,
+    &STATS,
+    &METRICS,
+    &OPENAPI,
+];
+
+impl Route {
+    const fn new(template: &'static str, methods: &'static [(Method, Access)]) -> Route {
+        Route { template, methods }
+    }
+
+    /// Whether `path` fits the template, and its `{id}` segment if the template has one. Paths
+    /// are read as warp reads them: one leading slash, at most one trailing slash, no empty
+    /// segment.
+    fn fit<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
+        let mut rest = path.strip_prefix('/').unwrap_or(path);
+        let mut id = None;
+        for expected in self.template.trim_start_matches('/').split('/') {
+            let (segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if expected == "{id}" {
+                if segment.is_empty() {
+                    return None;
+                }
+                id = Some(segment);
+            } else if segment != expected {
+                return None;
+            }
+            rest = tail;
+        }
+        rest.is_empty().then_some(id)
+    }
+
+    /// The `Allow` header of a 405 on this route.
+    pub fn allow(&self) -> Option<HeaderValue> {
+        let names: Vec<&str> = self.methods.iter().map(|(m, _)| m.as_str()).collect();
+        HeaderValue::from_str(&names.join(", ")).ok()
+    }
+}
+
+/// The route of a path: the first of [`ROUTES`] that it fits.
+pub fn resolve(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().copied().find(|r| r.fit(path).is_some())
+}
+
+/// The route template of a path, for metric labels (ids would make one series per order).
+pub fn route_of(path: &str) -> &'static str {
+    resolve(path).map_or("other", |r| r.template)
+}
+
+/// The rejection of a request whose path is this branch's but whose method is not. Like warp's
+/// own method filters, it ranks below the errors of a branch that did match (see `recover`).
+#[derive(Debug)]
+pub(super) struct OtherMethod;
+
+impl warp::reject::Reject for OtherMethod {}
+
+/// Requests for `method` on `route`; others are not found (another path) or [`OtherMethod`].
+/// Panics when the table does not list `method` on `route` with `access`: the router and the
+/// table must agree, and every start of the service checks that they do.
+fn gate(
+    route: &'static Route,
+    method: Method,
+    access: Access,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    assert!(
+        route.methods.contains(&(method.clone(), access)),
+        "{method} {} as {access:?} is not in ROUTES",
+        route.template
+    );
+    warp::path::full()
+        .and(warp::method())
+        .and_then(move |path: FullPath, actual: Method| {
+            let path = path.as_str();
+            // This route alone first keeps a miss cheap; a fit needs the table, to see that no
+            // earlier route takes the path.
+            let ours =
+                route.fit(path).is_some() && resolve(path).is_some_and(|r| std::ptr::eq(r, route));
+            future::ready(if !ours {
+                Err(warp::reject::not_found())
+            } else if actual != method {
+                Err(warp::reject::custom(OtherMethod))
+            } else {
+                Ok(())
+            })
+        })
+        .untuple_one()
+}
+
+/// Anyone's requests for `method` on `route`.
+fn public(
+    route: &'static Route,
+    method: Method,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    gate(route, method, Public)
+}
+
+/// Requests for `method` on `route` that carry the admin token.
+fn admin(
+    route: &'static Route,
+    method: Method,
+    api: &Arc<Api>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let api = api.clone();
+    gate(route, method, Admin)
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(move |authorization: Option<String>| {
+            answer(authorize_admin(
+                api.admin_token.as_deref(),
+                authorization.as_deref(),
+            ))
+        })
+        .untuple_one()
+}
+
+/// Admin routes need the configured token; with none configured they are refused.
+fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(), ApiError> {
+    let Some(configured) = configured else {
+        return Err(ApiError::Forbidden(
+            "admin routes are disabled: no admin token is configured",
+        ));
+    };
+    let Some(sent) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(ApiError::Unauthorized);
+    };
+    // Compare in time independent of where the first difference is.
+    let same = sent.len() == configured.len()
+        && sent
+            .bytes()
+            .zip(configured.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("wrong admin token"))
+    }
+}
+
+/// The `{id}` segment of the request's path (after a gate on a route that has one).
+fn path_id() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::path::full().map(|path: FullPath| {
+        let path = path.as_str();
+        let id = resolve(path).and_then(|r| r.fit(path)).flatten();
+        id.unwrap_or_default().to_string()
+    })
+}
+
+/// The query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// Every operation of [`ROUTES`] with its handler; what no branch takes is rejected for
+/// `recover`. `POST /orders` comes first: it is the one that has to be cheap.
+pub(super) fn router(
+    api: Arc<Api>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let with_api = {
+        let api = api.clone();
+        warp::any().map(move || api.clone())
+    };
+    let create = public(&ORDERS, Method::POST)
+        .and(json_body(MAX_BODY))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(request_id())
+        .and(with_api.clone())
+        .then(handlers::create_order);
+    let batch = public(&ORDERS_BATCH, Method::POST)
+        .and(json_body(MAX_BATCH_BODY))
+        .and(request_id())
+        .and(with_api.clone())
+        .then(handlers::create_batch);
+    let list = public(&ORDERS, Method::GET)
+        .and(raw_query())
+        .and(with_api.clone())
+        .then(handlers::list_orders);
+    let get = public(&ORDER, Method::GET)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(handlers::get_order);
+    let cancel = public(&ORDER_STATUS, Method::PUT)
+        .and(path_id())
+        .and(json_body(MAX_BODY))
+        .and(request_id())
+        .and(with_api.clone())
+        .then(handlers::set_status);
+    let delete = admin(&ORDER, Method::DELETE, &api)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(handlers::delete_order);
+    let dead_letters = admin(&DEAD_LETTERS, Method::GET, &api)
+        .and(raw_query())
+        .and(with_api.clone())
+        .then(handlers::list_dead_letters);
+    let retry_dead_letter = admin(&DEAD_LETTER_RETRY, Method::POST, &api)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(handlers::retry_dead_letter);
+    let healthz = public(&HEALTHZ, Method::GET)
+        .map(|| Ok(json(&serde_json::json!({"status": "ok"})).into_response()));
+    let readyz = public(&READYZ, Method::GET)
+        .and(with_api.clone())
+        .then(handlers::ready)
+        .map(Ok);
+    let stats = public(&STATS, Method::GET)
+        .and(with_api.clone())
+        .then(handlers::stats);
+    let metrics = public(&METRICS, Method::GET)
+        .and(with_api)
+        .then(handlers::metrics);
+    let document = public(&OPENAPI, Method::GET).map(|| {
+        Ok(with_header(openapi::DOCUMENT, "content-type", "application/json").into_response())
+    });
+
+    // A tree, not one long chain, keeps the filter's type shallow enough for the compiler; warp
+    // still tries the branches left to right, so `POST /orders` is still tried first.
+    let orders = create.or(batch).unify().or(list.or(get).unify()).unify();
+    let changes = cancel.or(delete).unify();
+    let dead_letter_ops = dead_letters.or(retry_dead_letter).unify();
+    let probes = healthz
+        .or(readyz)
+        .unify()
+        .or(stats.or(metrics).unify())
+        .unify();
+    orders
+        .or(changes)
+        .unify()
+        .or(dead_letter_ops.or(probes).unify().or(document).unify())
+        .unify()
+        .and_then(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_as_warp_reads_them() {
+        let id = "0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a";
+        assert_eq!(ORDER.fit(&format!("/orders/{id}")), Some(Some(id)));
+        assert_eq!(ORDER.fit(&format!("/orders/{id}/")), Some(Some(id)));
+        assert_eq!(ORDER.fit("/orders//"), None);
+        assert_eq!(ORDERS.fit("/orders//"), None);
+        assert_eq!(ORDERS.fit("//orders"), None);
+        assert_eq!(ORDER_STATUS.fit("/orders//status"), None);
+        assert_eq!(route_of("/orders/batch"), "/orders/batch");
+        assert_eq!(route_of("/orders/batch/status"), "/orders/{id}/status");
+        assert_eq!(route_of("/"), "other");
+        assert_eq!(route_of(""), "other");
+    }
+
+    #[test]
+    fn the_table_is_well_formed() {
+        let mut templates = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(route.template.starts_with('/'), "{}", route.template);
+            assert!(templates.insert(route.template), "{} twice", route.template);
+            assert!(!route.methods.is_empty(), "{}", route.template);
+            // Each template resolves to itself, so none is hidden behind an earlier one.
+            let concrete = route.template.replace("{id}", "x");
+            assert_eq!(route_of(&concrete), route.template);
+        }
+        assert_eq!(ORDERS.allow(), Some(HeaderValue::from_static("GET, POST")));
+        assert_eq!(ORDER.allow(), Some(HeaderValue::from_static("GET, DELETE")));
+    }
+
+    #[test]
+    fn admin_routes_are_refused_without_the_right_token() {
+        assert!(matches!(
+            authorize_admin(None, Some("Bearer x")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), None),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Basic s3cret")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Bearer s3creT")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(authorize_admin(Some("s3cret"), Some("Bearer s3cret")).is_ok());
+    }
+}

@@ -272,9 +272,12 @@ pub(super) fn router(
         Ok(with_header(openapi::DOCUMENT, "content-type", "application/json").into_response())
     });
 
-    // A tree, not one long chain, keeps the filter's type shallow enough for the compiler; warp
-    // still tries the branches left to right, so `POST /orders` is still tried first.
-    let orders = create.or(batch).unify().or(list.or(get).unify()).unify();
+    // `POST /orders` alone is tried first, unboxed; the others sit behind one box. warp clones
+    // the second half of an `or` for every request it routes, and moves every future it makes:
+    // boxed, that is one reference count and one pointer, not the whole table's filters. Inside
+    // the box a tree, not one long chain, keeps the filter's type shallow enough for the
+    // compiler; warp still tries the branches left to right.
+    let orders = batch.or(list.or(get).unify()).unify();
     let changes = cancel.or(delete).unify();
     let dead_letter_ops = dead_letters.or(retry_dead_letter).unify();
     let probes = healthz
@@ -282,12 +285,13 @@ pub(super) fn router(
         .unify()
         .or(stats.or(metrics).unify())
         .unify();
-    orders
+    let others = orders
         .or(changes)
         .unify()
         .or(dead_letter_ops.or(probes).unify().or(document).unify())
         .unify()
-        .and_then(answer)
+        .boxed();
+    create.or(others).unify().and_then(answer)
 }
 
 #[cfg(test)]

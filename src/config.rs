@@ -17,6 +17,8 @@ pub struct Config {
     pub redis_url: String,
     pub redis_prefix: String,
     pub event_channel: String,
+    pub failed_channel: String,
+    pub cancelled_channel: String,
     pub listen: SocketAddr,
     pub admin_token: String,
     pub processing_delay_ms: DelayRange,
@@ -220,6 +222,8 @@ mod tests {
         );
         assert_eq!(config.max_in_flight, 1000);
         assert_eq!(config.event_channel, "order.completed");
+        assert_eq!(config.failed_channel, "order.failed");
+        assert_eq!(config.cancelled_channel, "order.cancelled");
         assert_eq!(config.admin_token(), None);
         assert_eq!(config.log_format, LogFormat::Term);
     }

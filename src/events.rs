@@ -13,11 +13,6 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// Channel of failed orders.
-pub const FAILED_CHANNEL: &str = "order.failed";
-/// Channel of cancelled orders.
-pub const CANCELLED_CHANNEL: &str = "order.cancelled";
-
 /// What is published when an order reaches a final status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {

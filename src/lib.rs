@@ -145,6 +145,7 @@ pub async fn start(
     log: Logger,
 ) -> Result<Running, StartError> {
     stats::recorder();
+    tokio::spawn(stats::keep_up(shutdown.clone()));
     let store = store::Store::new(config)?;
     store.migrate().await?;
     let queue = queue::Queue::connect(config).await?;
@@ -169,6 +170,7 @@ pub async fn start(
             queue: queue.clone(),
             store: store.clone(),
             admin_token: config.admin_token().map(str::to_string),
+            cancelled_channel: config.cancelled_channel.clone(),
             roles: status.clone(),
             log: log.new(slog::o!("role" => "api")),
         });

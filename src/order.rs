@@ -249,10 +249,10 @@ impl NewOrder {
                 format!("customer_id must be 1 to {MAX_CUSTOMER_CHARS} characters"),
             ));
         }
-        if customer_id.chars().any(char::is_control) {
+        if let Some(problem) = unsafe_text(customer_id) {
             return Err(InvalidOrder::rule(
                 "customer_id",
-                "customer_id must not contain control characters",
+                format!("customer_id must not {problem}"),
             ));
         }
         if items.is_empty() || items.len() > MAX_ITEMS {
@@ -269,10 +269,10 @@ impl NewOrder {
                     format!("each item must be a non-empty string of at most {MAX_ITEM_CHARS} characters"),
                 ));
             }
-            if item.chars().any(char::is_control) {
+            if let Some(problem) = unsafe_text(item) {
                 return Err(InvalidOrder::rule(
                     "items",
-                    "items must not contain control characters",
+                    format!("items must not {problem}"),
                 ));
             }
         }
@@ -281,6 +281,28 @@ impl NewOrder {
             items,
             total,
         })
+    }
+}
+
+/// What makes a customer id or an item unsafe to show or log, if anything: control characters,
+/// bidirectional controls (which reorder the text around them), line and paragraph separators
+/// (which start a new line in a log), or nothing visible at all (only zero-width characters).
+fn unsafe_text(text: &str) -> Option<&'static str> {
+    let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    let invisible = |c: char| {
+        c.is_whitespace()
+            || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    };
+    if text.chars().any(char::is_control) {
+        Some("contain control characters")
+    } else if text.chars().any(bidi) {
+        Some("contain bidirectional control characters")
+    } else if text.contains(['\u{2028}', '\u{2029}']) {
+        Some("contain line or paragraph separators")
+    } else if text.chars().all(invisible) {
+        Some("be only invisible characters")
+    } else {
+        None
     }
 }
 
@@ -558,6 +580,42 @@ mod tests {
                 "{err:?} for {body}"
             );
         }
+    }
+
+    #[test]
+    fn text_that_hides_or_reorders_itself_is_refused() {
+        for bad in [
+            "a\u{202E}b",
+            "a\u{2066}b",
+            "\u{200F}",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "\u{200B}\u{200D}",
+            "\u{FEFF}",
+        ] {
+            let body = serde_json::json!({"customer_id": bad, "items": ["a"], "total": 1});
+            let err = NewOrder::parse(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    InvalidOrder::Rule {
+                        field: "customer_id",
+                        ..
+                    }
+                ),
+                "{err:?} for {bad:?}"
+            );
+            let body = serde_json::json!({"customer_id": "c", "items": [bad], "total": 1});
+            let err = NewOrder::parse(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, InvalidOrder::Rule { field: "items", .. }),
+                "{err:?} for {bad:?}"
+            );
+        }
+        // Visible text with a zero-width joiner (emoji sequences) or accents is fine.
+        let fine =
+            serde_json::json!({"customer_id": "Zoë 👩\u{200D}💻", "items": ["café"], "total": 1});
+        assert!(NewOrder::parse(fine.to_string().as_bytes()).is_ok());
     }
 
     #[test]

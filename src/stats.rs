@@ -52,6 +52,21 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
+/// How often the recorder's upkeep runs: without it, histogram samples gather until the next
+/// scrape of `/metrics`, so memory grows while nothing scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the recorder's upkeep every [`UPKEEP_EVERY`] until `shutdown`.
+pub async fn keep_up(shutdown: crate::Shutdown) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => recorder().run_upkeep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// `GET /stats`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {

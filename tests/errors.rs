@@ -434,6 +434,26 @@ async fn values_that_break_a_rule_are_422s_naming_the_field() {
             c(json!("a\u{85}b")),
             "customer_id",
         ),
+        rule(
+            "customer_id with a right-to-left override",
+            c(json!("evil\u{202E}gnp.exe")),
+            "customer_id",
+        ),
+        rule(
+            "customer_id with a line separator",
+            c(json!("a\u{2028}b")),
+            "customer_id",
+        ),
+        rule(
+            "customer_id of zero-width characters only",
+            c(json!("\u{200B}\u{200C}")),
+            "customer_id",
+        ),
+        rule(
+            "an item with a bidi isolate",
+            i(json!(["a\u{2067}b"])),
+            "items",
+        ),
         rule("items empty", i(json!([])), "items"),
         rule("101 items", i(json!(many)), "items"),
         rule("an empty item", i(json!(["a", ""])), "items"),
@@ -865,6 +885,9 @@ async fn bad_list_queries_are_400_or_422() {
         "1700000000000000_not-a-uuid".to_string(),
         format!("99999999999999999999999999999999999999999_{id}"),
         format!("999999999999999999999_{id}"),
+        // Decodes, but before any order: PostgreSQL cannot even compare the earliest ones.
+        format!("-377705116800000000_{id}"),
+        format!("-1_{id}"),
     ] {
         cases.push(get(
             &format!("cursor={cursor}"),

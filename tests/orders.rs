@@ -117,12 +117,18 @@ async fn a_batch_is_accepted_whole_or_not_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_order_is_never_completed() {
-    // A long processing time, so the second order is caught while processing.
+    // A long processing time, so the second order is caught while processing; a cancelled
+    // channel of its own, which no other service on this Redis publishes on.
+    let channel = format!("cancelled-{}", Uuid::new_v4().simple());
     let app = TestApp::spawn_with(
         Roles::parse("api,notifier").unwrap(),
-        &[("ORDERS_PROCESSING_DELAY_MS", "3000")],
+        &[
+            ("ORDERS_PROCESSING_DELAY_MS", "3000"),
+            ("ORDERS_CANCELLED_CHANNEL", &channel),
+        ],
     )
     .await;
+    let events = Events::subscribe(&common::redis_url(), &channel).await;
     let queued = app.accept_order("cancel-queued").await;
     let cancel = |id: Uuid| app.put_status(id, r#"{"status": "cancelled"}"#);
     // Cancelled while still on the queue.
@@ -151,6 +157,10 @@ async fn a_cancelled_order_is_never_completed() {
     .await;
     assert_eq!(app.count_status("cancelled").await, 2);
     assert_eq!(app.count_status("completed").await, 0);
+    for id in [queued, processing] {
+        let event = events.of_order(id, Duration::from_secs(5)).await;
+        assert_eq!(event["status"], "cancelled", "{event}");
+    }
     assert_eq!(app.count_rows("notifications").await, 0);
     worker.cleanup().await;
     app.cleanup().await;

@@ -16,12 +16,15 @@ const TOKEN: &str = "s3cret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
+    // A failed channel of its own, which no other service on this Redis publishes on.
+    let failed_channel = format!("failed-{}", uuid::Uuid::new_v4().simple());
     let app = TestApp::spawn_with(
         Roles::ALL,
         &[
             ("ORDERS_MAX_ATTEMPTS", "3"),
             ("ORDERS_RETRY_BASE_MS", "50"),
             ("ORDERS_ADMIN_TOKEN", TOKEN),
+            ("ORDERS_FAILED_CHANNEL", &failed_channel),
         ],
     )
     .await;
@@ -33,7 +36,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
         )
         .await
         .unwrap();
-    let events = Events::subscribe(&common::redis_url(), "order.failed").await;
+    let events = Events::subscribe(&common::redis_url(), &failed_channel).await;
 
     let id = app.accept_order("boom").await;
     wait_until("the order to fail", Duration::from_secs(20), || async {
@@ -44,7 +47,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
     assert_eq!(order["status"], "failed");
     assert!(order["last_error"].as_str().unwrap().contains("test_fault"));
 
-    // One order.failed event for it.
+    // One failed event for it, on the configured channel.
     let event = events.of_order(id, Duration::from_secs(5)).await;
     assert_eq!(event["status"], "failed");
 

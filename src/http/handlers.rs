@@ -2,7 +2,7 @@
 //! router has checked the admin token of an admin operation before its handler runs.
 
 use super::{Api, ApiError, MAX_BATCH};
-use crate::events::{Event, CANCELLED_CHANNEL};
+use crate::events::Event;
 use crate::order::{Job, NewOrder, Status};
 use crate::queue::{Enqueued, Removal, Replay};
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
@@ -274,8 +274,8 @@ pub async fn set_status(
                 return Err(ApiError::NotFound(format!("no order {order_id}")));
             };
             let event = Event::of_order(&order, &request_id).to_json();
-            if let Err(e) = api.queue.publish(CANCELLED_CHANNEL, &event).await {
-                warn!(api.log, "order.cancelled not published"; "order_id" => %order_id, "error" => %e);
+            if let Err(e) = api.queue.publish(&api.cancelled_channel, &event).await {
+                warn!(api.log, "cancellation not published"; "channel" => &api.cancelled_channel, "order_id" => %order_id, "error" => %e);
             }
             Ok(with_header(json(&order), super::REQUEST_ID, request_id).into_response())
         }

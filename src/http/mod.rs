@@ -44,6 +44,8 @@ pub struct Api {
     pub queue: Queue,
     pub store: Store,
     pub admin_token: Option<String>,
+    /// Where cancellations are published.
+    pub cancelled_channel: String,
     /// The roles of this process and whether they run.
     pub roles: Arc<crate::RoleStatus>,
     pub log: Logger,

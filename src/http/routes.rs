@@ -179,7 +179,14 @@ fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(),
             "admin routes are disabled: no admin token is configured",
         ));
     };
-    let Some(sent) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    // The scheme is case-insensitive (RFC 9110, 11.1); one or more spaces follow it.
+    let sent = header.and_then(|h| {
+        let (scheme, token) = h.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim_start_matches(' '))
+    });
+    let Some(sent) = sent else {
         return Err(ApiError::Unauthorized);
     };
     // Compare in time independent of where the first difference is.
@@ -347,5 +354,15 @@ mod tests {
             Err(ApiError::Forbidden(_))
         ));
         assert!(authorize_admin(Some("s3cret"), Some("Bearer s3cret")).is_ok());
+        assert!(authorize_admin(Some("s3cret"), Some("bearer s3cret")).is_ok());
+        assert!(authorize_admin(Some("s3cret"), Some("BEARER  s3cret")).is_ok());
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Bearers3cret")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            authorize_admin(Some("s3cret"), Some("Bearer s3cret ")),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

@@ -23,22 +23,30 @@ pub struct Ack<'a> {
 }
 
 /// The queue as one worker process uses it: bound to its id (and so its processing list and
-/// lease) and to the channel its completion events go to.
+/// lease) and to the channels its completion and failure events go to.
 pub struct WorkerQueue {
     pub(super) queue: Queue,
     pub(super) worker_id: String,
     pub(super) processing: String,
-    channel: String,
+    completed_channel: String,
+    failed_channel: String,
 }
 
 impl Queue {
-    /// The handle of worker process `worker_id`, publishing completions on `channel`.
-    pub fn for_worker(&self, worker_id: &str, channel: &str) -> WorkerQueue {
+    /// The handle of worker process `worker_id`, publishing completions on `completed_channel`
+    /// and failures on `failed_channel`.
+    pub fn for_worker(
+        &self,
+        worker_id: &str,
+        completed_channel: &str,
+        failed_channel: &str,
+    ) -> WorkerQueue {
         WorkerQueue {
             queue: self.clone(),
             worker_id: worker_id.to_string(),
             processing: self.keys.processing(worker_id),
-            channel: channel.to_string(),
+            completed_channel: completed_channel.to_string(),
+            failed_channel: failed_channel.to_string(),
         }
     }
 
@@ -129,7 +137,7 @@ impl WorkerQueue {
         let (counter, marker) = (keys.completed(second), keys.ack(ack_id));
         let mut call =
             PUBLISH_AND_ACKNOWLEDGE.call(&[&self.processing, keys.pending(), &counter, &marker]);
-        call.arg(&self.channel);
+        call.arg(&self.completed_channel);
         for ack in acks {
             call.arg(ack.payload)
                 .arg(ack.order_id.to_string())
@@ -140,7 +148,7 @@ impl WorkerQueue {
     }
 
     /// Moves a payload that will never succeed, or whose attempts ran out, from the processing
-    /// list to the dead letters, publishing `failed_event` (if any) on `order.failed`, in one
+    /// list to the dead letters, publishing `failed_event` (if any) on the failed channel, in one
     /// atomic round trip.
     pub async fn dead_letter_and_publish(
         &self,
@@ -161,8 +169,7 @@ impl WorkerQueue {
         let mut pipe = redis::pipe();
         pipe.atomic();
         if let Some(message) = failed_event {
-            pipe.publish(crate::events::FAILED_CHANNEL, message)
-                .ignore();
+            pipe.publish(&self.failed_channel, message).ignore();
         }
         pipe.lpush(keys.dead(), entry.to_string()).ignore();
         pipe.lrem(&self.processing, -1, payload).ignore();

@@ -92,9 +92,11 @@ impl Cursor {
     }
 
     /// Reads a cursor a client sent back; `None` when it was not made by [`Cursor::encode`].
+    /// Orders are accepted after 1970, so an earlier time is not one (and PostgreSQL could not
+    /// even compare with the earliest ones `time` can hold).
     pub fn decode(text: &str) -> Option<Cursor> {
         let (micros, id) = text.split_once('_')?;
-        let micros: i128 = micros.parse().ok()?;
+        let micros: i128 = micros.parse().ok().filter(|m| *m >= 0)?;
         let accepted_at =
             OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
         let order_id = Uuid::try_parse(id).ok()?;
@@ -207,6 +209,8 @@ mod tests {
             "_abc",
             "1_not-a-uuid",
             "99999999999999999999999999_0",
+            &format!("-377705116800000000_{}", Uuid::now_v7().simple()),
+            &format!("-1_{}", Uuid::now_v7().simple()),
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }

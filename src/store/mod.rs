@@ -74,13 +74,7 @@ impl Store {
             .database_url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
-        // random_page_cost 1.1, the usual value for data in memory or on SSDs (the default, 4, is
-        // for spinning disks); generic plans that never scan a whole table: see [`Store`].
-        pg.options(format!(
-            "-c statement_timeout={} -c random_page_cost=1.1 \
-             -c plan_cache_mode=force_generic_plan -c enable_seqscan=off",
-            config.db_statement_timeout_ms
-        ));
+        pg.options(session_options(config.db_statement_timeout_ms));
         pg.connect_timeout(Duration::from_secs(3));
         let manager = Manager::from_config(
             pg,
@@ -139,5 +133,28 @@ impl Store {
             )
             .await;
         Ok(matches!(row, Ok(Some(r)) if r.get::<_, Option<i64>>(0) == Some(latest)))
+    }
+}
+
+/// The settings of every session of the pool. random_page_cost 1.1 is the usual value for data
+/// in memory or on SSDs (the default, 4, is for spinning disks); generic plans that never scan a
+/// whole table: see [`Store`]. No JIT: compiling a plan costs far more than running any query the
+/// service makes, and without statistics PostgreSQL may think a query big enough to compile.
+fn session_options(statement_timeout_ms: u64) -> String {
+    format!(
+        "-c statement_timeout={statement_timeout_ms} -c random_page_cost=1.1 \
+         -c plan_cache_mode=force_generic_plan -c enable_seqscan=off -c jit=off"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_time_out_and_never_jit() {
+        let options = session_options(5000);
+        assert!(options.contains("-c statement_timeout=5000 "), "{options}");
+        assert!(options.contains("-c jit=off"), "{options}");
     }
 }

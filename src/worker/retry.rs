@@ -55,7 +55,7 @@ pub(super) async fn retry_later(ctx: &Ctx, job: Job, payload: &[u8]) {
     .await;
 }
 
-/// The order's tries ran out: mark it failed, publish `order.failed`, dead-letter it. If the
+/// The order's tries ran out: mark it failed, publish it on the failed channel, dead-letter it. If the
 /// failure cannot even be recorded (PostgreSQL still down), it is scheduled once more instead.
 async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
     let order_id = job.order_id;

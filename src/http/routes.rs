@@ -137,10 +137,14 @@ fn gate(
                 route.fit(path).is_some() && resolve(path).is_some_and(|r| std::ptr::eq(r, route));
             future::ready(if !ours {
                 Err(warp::reject::not_found())
-            } else if actual != method {
-                Err(warp::reject::custom(OtherMethod))
-            } else {
+            } else if actual == method {
                 Ok(())
+            } else if route.methods.iter().any(|(m, _)| *m == actual) {
+                // Another branch serves this method: its own rejection (a bad header, say) is
+                // the answer, not a 405 from this one.
+                Err(warp::reject::not_found())
+            } else {
+                Err(warp::reject::custom(OtherMethod))
             })
         })
         .untuple_one()

@@ -5,7 +5,7 @@
 //! content-type and body-size checks), its request-id filter, the same parse and validation
 //! (`NewOrder::parse`), an order id and timestamp (`Job::accept`), the payload that would be
 //! pushed (`Job::to_payload`), the same 202 (`orders::http::accepted`) and the same error
-//! responses (`orders::http::recover`). Not included: the service's per-request metrics and
+//! responses (`orders::http::recovered`). Not included: the service's per-request metrics and
 //! access log, which the comparison is meant to include. The ratio of the service's accept rate
 //! to this one's is what the Redis round trip (and the rest of the service's routing) costs.
 //!
@@ -13,13 +13,12 @@
 //! the service, `orders::runtime`, with as many threads (`ORDERS_THREADS`, the same default).
 
 use bytes::Bytes;
-use orders::http::{accepted, json_body, recover, request_id, ApiError, MAX_BODY};
+use orders::http::{accepted, json_body, recovered, request_id, ApiError, MAX_BODY};
 use orders::order::{Job, NewOrder};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use time::OffsetDateTime;
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply};
 
 /// `POST /orders` without Redis.
 async fn create_order(body: Bytes, request_id: String) -> Result<Response, Rejection> {
@@ -48,13 +47,10 @@ async fn serve() -> anyhow::Result<()> {
         .and_then(create_order);
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     // Errors are not what is measured: their log lines go nowhere.
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let routes = create.or(healthz).recover(move |rejection| {
-        let log = log.clone();
-        async move { Ok::<_, Infallible>(recover(rejection, &log)) }
-    });
+    let routes = recovered(create.or(healthz).unify(), log);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("orders-baseline listening on {}", listener.local_addr()?);
     let stop = async {

@@ -145,10 +145,10 @@ pub async fn start(
     log: Logger,
 ) -> Result<Running, StartError> {
     stats::recorder();
-    tokio::spawn(stats::keep_up(shutdown.clone()));
     let store = store::Store::new(config)?;
     store.migrate().await?;
     let queue = queue::Queue::connect(config).await?;
+    tokio::spawn(stats::keep_up(shutdown.clone()));
     let mut set = JoinSet::new();
     let mut addr = None;
     let status = Arc::new(RoleStatus::default());

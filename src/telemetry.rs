@@ -1,5 +1,5 @@
 //! Logging: slog-term lines for people (coloured on a terminal), JSON lines for machines; never
-//! dropping a line under load, and cheap enough to stay on at `info` at 10,000 orders/s.
+//! dropping a line under load, and cheap enough to stay on at `info` under load.
 //!
 //! Each record is formatted on the thread that logs it, into a line of its own, and handed to one
 //! writer thread. The writer writes every line that is waiting with one call and flushes when none

@@ -1,5 +1,5 @@
 //! Retries: a failed try waits in the schedule and runs again; an order whose tries run out is
-//! failed, announced on `order.failed` and dead-lettered with its errors, and an admin can list
+//! failed, announced on the failed channel and dead-lettered with its errors, and an admin can list
 //! and replay it; orders wait out a database outage and complete.
 
 mod common;

@@ -7,7 +7,7 @@ use slog::{error, warn, Logger};
 use std::error::Error;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::{Rejection, Reply};
+use warp::{Filter, Rejection, Reply};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +173,22 @@ pub(super) fn answer<T>(
     futures_util::future::ready(result.map_err(warp::reject::custom))
 }
 
+/// `filter` with every rejection answered by [`recover`].
+pub fn recovered<F>(
+    filter: F,
+    log: Logger,
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
+where
+    F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+{
+    filter
+        .recover(move |rejection| {
+            let log = log.clone();
+            async move { Ok::<_, std::convert::Infallible>(recover(rejection, &log)) }
+        })
+        .unify()
+}
+
 /// Turns any rejection into the JSON error shape. A rejection it does not know is a bug, not
 /// the client's doing: a 500 with a generic body, its details only in the log.
 pub fn recover(rejection: Rejection, log: &Logger) -> Response {
@@ -284,15 +300,11 @@ mod tests {
     }
 
     /// The response `recover` makes of what `filter` rejects.
-    async fn recovered<F>(filter: F, request: warp::test::RequestBuilder) -> (u16, String)
+    async fn answered<F>(filter: F, request: warp::test::RequestBuilder) -> (u16, String)
     where
         F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
     {
-        let log = Logger::root(slog::Discard, slog::o!());
-        let filter = filter.recover(move |rejection| {
-            let log = log.clone();
-            async move { Ok::<_, std::convert::Infallible>(recover(rejection, &log)) }
-        });
+        let filter = recovered(filter, Logger::root(slog::Discard, slog::o!()));
         let response = request.reply(&filter).await;
         let body = String::from_utf8_lossy(response.body()).into_owned();
         (response.status().as_u16(), body)
@@ -305,7 +317,7 @@ mod tests {
         impl warp::reject::Reject for Unknown {}
         let filter =
             warp::any().and_then(|| async { Err::<Response, _>(warp::reject::custom(Unknown)) });
-        let (status, body) = recovered(filter, warp::test::request()).await;
+        let (status, body) = answered(filter, warp::test::request()).await;
         assert_eq!(status, 500);
         assert_eq!(
             body,
@@ -316,20 +328,20 @@ mod tests {
     #[tokio::test]
     async fn warps_own_rejections_keep_their_status() {
         let header = warp::header::<String>("x-needed").map(|_| Response::default());
-        let (status, body) = recovered(header, warp::test::request()).await;
+        let (status, body) = answered(header, warp::test::request()).await;
         assert_eq!(status, 400);
         assert!(body.contains(r#""code":"invalid_header""#), "{body}");
         let query = warp::query::raw().map(|_| Response::default());
-        let (status, body) = recovered(query, warp::test::request().path("/")).await;
+        let (status, body) = answered(query, warp::test::request().path("/")).await;
         assert_eq!(status, 400);
         assert!(body.contains(r#""code":"invalid_query""#), "{body}");
         let method = warp::get().map(Response::default);
         let request = warp::test::request().method("POST");
-        let (status, body) = recovered(method, request).await;
+        let (status, body) = answered(method, request).await;
         assert_eq!(status, 405);
         assert!(body.contains(r#""code":"method_not_allowed""#), "{body}");
         let none = warp::path("x").map(Response::default);
-        let (status, body) = recovered(none, warp::test::request().path("/y")).await;
+        let (status, body) = answered(none, warp::test::request().path("/y")).await;
         assert_eq!(status, 404);
         assert!(body.contains("no such route"), "{body}");
     }

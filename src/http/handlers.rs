@@ -60,14 +60,14 @@ pub async fn create_order(
             job.order_id
         }
         Enqueued::QueueFull => return Err(ApiError::QueueFull),
-        Enqueued::Seen(first) => {
-            if Some(&first.body) != replay.as_ref().map(|r| &r.body) {
-                return Err(ApiError::Conflict(
-                    "this Idempotency-Key was used with a different body".into(),
-                ));
-            }
+        Enqueued::Seen(first) if Some(&first.body) == replay.as_ref().map(|r| &r.body) => {
             info!(api.log, "idempotent replay"; "order_id" => %first.order_id, "request_id" => &request_id);
             first.order_id
+        }
+        Enqueued::Seen(_) | Enqueued::SeenUnreadable => {
+            return Err(ApiError::Conflict(
+                "this Idempotency-Key was used with a different body".into(),
+            ))
         }
     };
     Ok(accepted(order_id, request_id))

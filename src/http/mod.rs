@@ -19,7 +19,7 @@ mod request_id;
 mod routes;
 
 pub use body::json_body;
-pub use error::{recover, ApiError};
+pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
 pub use request_id::{request_id, REQUEST_ID};
 pub use routes::{resolve, route_of, Access, Route, ROUTES};
@@ -57,12 +57,7 @@ pub fn routes(
     api: Arc<Api>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let log = api.log.clone();
-    let recover_log = log.clone();
-    let recovered = routes::router(api).recover(move |rejection| {
-        let log = recover_log.clone();
-        async move { Ok::<_, Infallible>(recover(rejection, &log)) }
-    });
-    access_log::logged(recovered.unify(), log)
+    access_log::logged(recovered(routes::router(api), log.clone()), log)
 }
 
 /// Serves the API on `listener` until `shutdown`, then finishes the requests under way.

@@ -63,11 +63,6 @@ impl WorkerQueue {
         &self.queue
     }
 
-    /// This worker process's id.
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
-    }
-
     /// A connection for one fetch loop's blocking pops. Drop it with
     /// [`deadpool_redis::Connection::take`] after an error, so a broken one is not reused.
     pub async fn blocking_connection(&self) -> Result<deadpool_redis::Connection, QueueError> {

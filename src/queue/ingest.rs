@@ -53,6 +53,9 @@ pub enum Enqueued {
     QueueFull,
     /// Nothing enqueued: the idempotency key was used before, by this order.
     Seen(Replay),
+    /// Nothing enqueued: the idempotency key holds a record that is not a [`Replay`] (written by
+    /// hand); as good as another body.
+    SeenUnreadable,
 }
 
 /// One request's orders on their way to the queue.
@@ -180,12 +183,11 @@ async fn enqueue_lot(
                 let outcome = match status.next() {
                     Some(b'o') => Ok(Enqueued::Accepted),
                     Some(b'f') => Ok(Enqueued::QueueFull),
-                    Some(b's') => reply
+                    Some(b's') => Ok(reply
                         .next()
                         .as_deref()
                         .and_then(Replay::decode)
-                        .map(Enqueued::Seen)
-                        .ok_or(QueueError::EnqueueReply),
+                        .map_or(Enqueued::SeenUnreadable, Enqueued::Seen)),
                     _ => Err(QueueError::EnqueueReply),
                 };
                 let _ = submission.reply.send(outcome);

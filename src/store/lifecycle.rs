@@ -1,6 +1,6 @@
 //! An order's status changes: stored as `processing`, completed, failed, cancelled, failed
-//! made `queued` again, deleted. Each is one conditional statement, so a stale or duplicate
-//! delivery changes nothing.
+//! made `queued` again, deleted. Each change is one conditional statement, so a stale or
+//! duplicate delivery changes nothing; cancel and requeue then read the status to say why not.
 
 use super::{Store, StoreError};
 use crate::order::{Job, Status};

@@ -32,9 +32,14 @@ pub(super) async fn promote_due_retries(ctx: Arc<Ctx>, stop: Shutdown) {
     }
 }
 
-/// The wait before the try after `failures` failed ones.
-fn next_try_in(ctx: &Ctx, failures: u32) -> Duration {
-    retry_delay(ctx.retry_base, ctx.retry_max, failures)
+/// Takes the order off this worker and schedules its next try after `wait`, retrying the
+/// Redis step until it succeeds.
+async fn schedule_next_try(ctx: &Ctx, job: &Job, payload: &[u8], wait: Duration) {
+    let due = now_ms() + wait.as_millis() as u64;
+    until_done(ctx, "schedule retry", || {
+        ctx.queue.schedule_retry(payload, job, due)
+    })
+    .await;
 }
 
 /// After a transient failure: schedule the next try, or give up once the tries are spent.
@@ -43,16 +48,12 @@ pub(super) async fn retry_later(ctx: &Ctx, job: Job, payload: &[u8]) {
     if job.failures >= ctx.max_attempts {
         return give_up(ctx, &job, payload).await;
     }
-    let wait = next_try_in(ctx, job.failures);
+    let wait = retry_delay(ctx.retry_base, ctx.retry_max, job.failures);
     metrics::counter!(stats::RETRIED).increment(1);
     warn!(ctx.log, "order failed, retrying later"; "order_id" => %order_id,
         "failures" => job.failures, "in_ms" => wait.as_millis() as u64,
         "error" => job.errors.last().map(String::as_str).unwrap_or(""));
-    let due = now_ms() + wait.as_millis() as u64;
-    until_done(ctx, "schedule retry", || {
-        ctx.queue.schedule_retry(payload, &job, due)
-    })
-    .await;
+    schedule_next_try(ctx, &job, payload, wait).await;
 }
 
 /// The order's tries ran out: mark it failed, publish it on the failed channel, dead-letter it. If the
@@ -78,11 +79,8 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
         }
         Err(e) => {
             error!(ctx.log, "cannot mark the order failed yet, retrying later"; "order_id" => %order_id, "error" => %e);
-            let due = now_ms() + next_try_in(ctx, job.failures).as_millis() as u64;
-            until_done(ctx, "schedule retry", || {
-                ctx.queue.schedule_retry(payload, job, due)
-            })
-            .await;
+            let wait = retry_delay(ctx.retry_base, ctx.retry_max, job.failures);
+            schedule_next_try(ctx, job, payload, wait).await;
             return;
         }
     }

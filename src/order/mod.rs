@@ -158,6 +158,13 @@ impl NewOrder {
                 format!("customer_id must not {problem}"),
             ));
         }
+        let edges = [customer_id.chars().next(), customer_id.chars().last()];
+        if edges.into_iter().flatten().any(invisible) {
+            return Err(InvalidOrder::rule(
+                "customer_id",
+                "customer_id must begin and end with a visible character",
+            ));
+        }
         if items.is_empty() || items.len() > MAX_ITEMS {
             return Err(InvalidOrder::rule(
                 "items",
@@ -187,15 +194,17 @@ impl NewOrder {
     }
 }
 
+/// White space, or a character that shows nothing (soft hyphen, zero-width characters).
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
 /// What makes a customer id or an item unsafe to show or log, if anything: control characters,
 /// bidirectional controls (which reorder the text around them), line and paragraph separators
 /// (which start a new line in a log), or nothing visible at all (only zero-width characters).
 fn unsafe_text(text: &str) -> Option<&'static str> {
     let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-    let invisible = |c: char| {
-        c.is_whitespace()
-            || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
-    };
     if text.chars().any(char::is_control) {
         Some("contain control characters")
     } else if text.chars().any(bidi) {
@@ -447,6 +456,21 @@ mod tests {
             assert!(
                 matches!(err, InvalidOrder::Rule { field: "items", .. }),
                 "{err:?} for {bad:?}"
+            );
+        }
+        // A customer id begins and ends with something visible.
+        for bad in ["\u{200B}a", "a\u{FEFF}"] {
+            let body = serde_json::json!({"customer_id": bad, "items": ["a"], "total": 1});
+            let err = NewOrder::parse(body.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    InvalidOrder::Rule {
+                        field: "customer_id",
+                        ..
+                    }
+                ),
+                "{bad:?}"
             );
         }
         // Visible text with a zero-width joiner (emoji sequences) or accents is fine.

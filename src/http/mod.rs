@@ -39,6 +39,16 @@ pub const MAX_BATCH_BODY: u64 = 4 * 1024 * 1024;
 /// Most orders in one batch.
 pub const MAX_BATCH: usize = 1000;
 
+/// The client address of a request's connection. The server (`server.rs`) puts it in every
+/// request's extensions; [`peer`] reads it (`None` in `warp::test` requests).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// The client address of the request, when the server recorded one.
+pub fn peer() -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = Infallible> + Copy {
+    warp::ext::optional::<Peer>().map(|p: Option<Peer>| p.map(|Peer(addr)| addr))
+}
+
 /// What the handlers share.
 pub struct Api {
     pub queue: Queue,

@@ -10,10 +10,14 @@
 //! to this one's is what the Redis round trip (and the rest of the service's routing) costs.
 //!
 //! Listens on `ORDERS_LISTEN` (default 127.0.0.1:8090); stops on SIGINT/SIGTERM. Same runtime as
-//! the service, `orders::runtime`, with as many threads (`ORDERS_THREADS`, the same default).
+//! the service, `orders::runtime`, with as many threads (`ORDERS_THREADS`, the same default), and
+//! the same accept loop and HTTP budgets (`orders::http::serve_filter`).
 
 use bytes::Bytes;
-use orders::http::{accepted, json_body, recovered, request_id, ApiError, MAX_BODY};
+use orders::http::{
+    accepted, json_body, recovered, request_id, serve_filter, ApiError, BodyBudget, Limits,
+    MAX_BODY,
+};
 use orders::order::{Job, NewOrder};
 use std::net::SocketAddr;
 use time::OffsetDateTime;
@@ -32,17 +36,17 @@ async fn create_order(body: Bytes, request_id: String) -> Result<Response, Rejec
 
 fn main() -> anyhow::Result<()> {
     let config = orders::config::Config::load()?;
-    orders::runtime(&config)?.block_on(serve())
+    orders::runtime(&config)?.block_on(serve(config))
 }
 
-async fn serve() -> anyhow::Result<()> {
+async fn serve(config: orders::config::Config) -> anyhow::Result<()> {
     let addr: SocketAddr = std::env::var("ORDERS_LISTEN")
         .unwrap_or_else(|_| "127.0.0.1:8090".into())
         .parse()
         .map_err(|e| anyhow::anyhow!("ORDERS_LISTEN: {e}"))?;
     let create = warp::path!("orders")
         .and(warp::post())
-        .and(json_body(MAX_BODY))
+        .and(json_body(MAX_BODY, &BodyBudget::from_config(&config)))
         .and(request_id())
         .and_then(create_order);
     let healthz = warp::path!("healthz")
@@ -50,10 +54,12 @@ async fn serve() -> anyhow::Result<()> {
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     // Errors are not what is measured: their log lines go nowhere.
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let routes = recovered(create.or(healthz).unify(), log);
+    let routes = recovered(create.or(healthz).unify(), log.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("orders-baseline listening on {}", listener.local_addr()?);
-    let stop = async {
+    let stop = orders::Shutdown::new();
+    let stopping = stop.clone();
+    tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -65,11 +71,9 @@ async fn serve() -> anyhow::Result<()> {
                 }
             } => {}
         }
-    };
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(stop)
-        .run()
-        .await;
+        stopping.cancel();
+    });
+    // The service's own accept loop and budgets, so that the comparison is of the Redis call.
+    serve_filter(listener, routes, Limits::from_config(&config), stop, log).await;
     Ok(())
 }

@@ -21,6 +21,13 @@ pub struct Config {
     pub cancelled_channel: String,
     pub listen: SocketAddr,
     pub admin_token: String,
+    pub http_max_connections: usize,
+    pub http_header_timeout_ms: u64,
+    pub http_max_header_bytes: usize,
+    pub http_write_timeout_ms: u64,
+    pub http_body_timeout_ms: u64,
+    pub http_body_min_rate: u64,
+    pub http_body_budget_bytes: usize,
     pub processing_delay_ms: DelayRange,
     pub threads: usize,
     pub fetch_loops: usize,
@@ -159,9 +166,29 @@ impl Config {
             ("max_in_flight", self.max_in_flight),
             ("max_attempts", self.max_attempts as usize),
             ("lease_ms", self.lease_ms as usize),
+            ("http_max_connections", self.http_max_connections),
+            (
+                "http_header_timeout_ms",
+                self.http_header_timeout_ms as usize,
+            ),
+            ("http_write_timeout_ms", self.http_write_timeout_ms as usize),
+            ("http_body_timeout_ms", self.http_body_timeout_ms as usize),
+            ("http_body_min_rate", self.http_body_min_rate as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+        }
+        // A budget smaller than the largest body would refuse every such body, forever.
+        let largest = crate::http::MAX_BATCH_BODY as usize;
+        if self.http_body_budget_bytes < largest {
+            return Err(ConfigError::Invalid(format!(
+                "http_body_budget_bytes must be at least {largest} (the largest body accepted)"
+            )));
+        }
+        if !(1024..=1024 * 1024).contains(&self.http_max_header_bytes) {
+            return Err(ConfigError::Invalid(
+                "http_max_header_bytes must be between 1024 and 1048576".into(),
+            ));
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}']) {
             return Err(ConfigError::Invalid(

@@ -102,6 +102,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    #[error("{0}")]
+    Limits(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -166,7 +168,10 @@ pub async fn start(
         })?;
         addr = Some(local);
         info!(log, "API listening"; "addr" => %local);
+        let limits = http::Limits::from_config(config);
+        limits.reserve_files().map_err(StartError::Limits)?;
         let api = Arc::new(http::Api {
+            body_budget: http::BodyBudget::from_config(config),
             queue: queue.clone(),
             store: store.clone(),
             admin_token: config.admin_token().map(str::to_string),
@@ -176,7 +181,7 @@ pub async fn start(
         });
         let shutdown = shutdown.clone();
         set.spawn(async move {
-            http::serve(listener, api, shutdown).await;
+            http::serve(listener, api, limits, shutdown).await;
             "api"
         });
     }

@@ -24,6 +24,14 @@ pub const RECOVERED: &str = "orders_recovered_total";
 pub const DUPLICATES: &str = "orders_duplicates_suppressed_total";
 /// Customer notifications sent.
 pub const NOTIFIED: &str = "notifications_sent_total";
+/// Connections open on the API, in either lane.
+pub const CONNECTIONS_OPEN: &str = "http_connections_open";
+/// Connections past the connection cap that the overflow lane answered.
+pub const CONNECTIONS_OVERFLOWED: &str = "http_connections_overflowed_total";
+/// Connections past the overflow lane too, closed at once.
+pub const CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
+/// Request bodies refused because the bodies being read held the whole byte budget.
+pub const BODY_BUDGET_SPENT: &str = "http_body_budget_spent_total";
 /// HTTP request duration, by route, method and status.
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 /// Processing time, from store to completion.

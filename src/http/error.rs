@@ -41,6 +41,12 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("the queue is full, retry later")]
     QueueFull,
+    /// A budget of the HTTP edge is spent (connections, body bytes); retrying soon may help.
+    #[error("{0}")]
+    Overloaded(&'static str),
+    /// The request body did not arrive in its time.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// Redis or PostgreSQL failed; the cause is for the log only.
     #[error("a backing service is unavailable, retry later")]
     Unavailable(#[source] Box<dyn Error + Send + Sync>),
@@ -80,6 +86,8 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -93,16 +101,17 @@ impl ApiError {
     }
 
     /// The response the client gets: the status, the JSON body, `Connection: close` after a
-    /// body too large and `Retry-After` when trying again may help.
+    /// body that was not read to its end, and `Retry-After` when trying again may help.
     pub fn to_response(&self) -> Response {
         let (status, code) = self.status_and_code();
         let mut response = error_body(status, code, self.to_string(), self.field());
-        if let ApiError::PayloadTooLarge(_) = self {
+        if let ApiError::PayloadTooLarge(_) | ApiError::Overloaded(_) | ApiError::BodyTimeout = self
+        {
             response
                 .headers_mut()
                 .insert("connection", HeaderValue::from_static("close"));
         }
-        if let ApiError::Unavailable(_) | ApiError::QueueFull = self {
+        if let ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::Overloaded(_) = self {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));

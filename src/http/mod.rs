@@ -4,7 +4,8 @@
 //!
 //! - `routes.rs`: the table, the router, the admin check
 //! - `handlers.rs`: one function per operation
-//! - `body.rs`: the JSON body reader and its limits
+//! - `server.rs`: the accept loop and its connection and time budgets
+//! - `body.rs`: the JSON body reader and its limits of size, time and memory
 //! - `request_id.rs`: `X-Request-Id`
 //! - `access_log.rs`: the request id on every response, the HTTP histogram, the access log
 //! - `error.rs`: [`ApiError`], its responses, [`recover`]
@@ -17,12 +18,14 @@ mod handlers;
 mod openapi;
 mod request_id;
 mod routes;
+mod server;
 
-pub use body::json_body;
+pub use body::{json_body, BodyBudget};
 pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
 pub use request_id::{request_id, REQUEST_ID};
 pub use routes::{resolve, route_of, Access, Route, ROUTES};
+pub use server::{serve as serve_filter, Limits};
 
 use crate::queue::Queue;
 use crate::store::Store;
@@ -54,6 +57,8 @@ pub struct Api {
     pub queue: Queue,
     pub store: Store,
     pub admin_token: Option<String>,
+    /// What the bodies being read may hold and how long they may take.
+    pub body_budget: BodyBudget,
     /// Where cancellations are published.
     pub cancelled_channel: String,
     /// The roles of this process and whether they run.
@@ -70,11 +75,14 @@ pub fn routes(
     access_log::logged(recovered(routes::router(api), log.clone()), log)
 }
 
-/// Serves the API on `listener` until `shutdown`, then finishes the requests under way.
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: crate::Shutdown) {
-    warp::serve(routes(api))
-        .incoming(listener)
-        .graceful(async move { shutdown.cancelled().await })
-        .run()
-        .await;
+/// Serves the API on `listener` within `limits` until `shutdown`, then finishes the requests
+/// under way (until the shutdown deadline).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    limits: Limits,
+    shutdown: crate::Shutdown,
+) {
+    let log = api.log.clone();
+    server::serve(listener, routes(api), limits, shutdown, log).await;
 }

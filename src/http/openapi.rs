@@ -173,6 +173,8 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::Forbidden(""),
             ApiError::QueueFull,
+            ApiError::Overloaded(""),
+            ApiError::BodyTimeout,
             ApiError::Unavailable(String::new().into()),
         ];
         // Does not compile once a variant is added: add it to `errors` too.
@@ -190,6 +192,8 @@ mod tests {
             | ApiError::Unauthorized
             | ApiError::Forbidden(_)
             | ApiError::QueueFull
+            | ApiError::Overloaded(_)
+            | ApiError::BodyTimeout
             | ApiError::Unavailable(_) => (),
         };
         let sent: Vec<&str> = errors.iter().map(|e| e.status_and_code().1).collect();
@@ -207,6 +211,7 @@ mod tests {
                 403 => "Forbidden",
                 404 => "NotFound",
                 405 => "MethodNotAllowed",
+                408 => "RequestTimeout",
                 409 => "Conflict",
                 413 => "PayloadTooLarge",
                 415 => "UnsupportedMediaType",

@@ -26,7 +26,7 @@ pub(super) fn new_request_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
-fn valid_request_id(value: &HeaderValue) -> Option<String> {
+pub(super) fn valid_request_id(value: &HeaderValue) -> Option<String> {
     let bytes = value.as_bytes();
     let ok = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
     ok.then(|| String::from_utf8_lossy(bytes).into_owned())

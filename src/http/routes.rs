@@ -90,9 +90,15 @@ impl Route {
         rest.is_empty().then_some(id)
     }
 
-    /// The `Allow` header of a 405 on this route.
+    /// The `Allow` header of a 405 on this route: its methods, and HEAD where GET is.
     pub fn allow(&self) -> Option<HeaderValue> {
-        let names: Vec<&str> = self.methods.iter().map(|(m, _)| m.as_str()).collect();
+        let mut names = Vec::with_capacity(self.methods.len() + 1);
+        for (m, _) in self.methods {
+            names.push(m.as_str());
+            if *m == Method::GET {
+                names.push("HEAD");
+            }
+        }
         HeaderValue::from_str(&names.join(", ")).ok()
     }
 }
@@ -135,11 +141,13 @@ fn gate(
             // earlier route takes the path.
             let ours =
                 route.fit(path).is_some() && resolve(path).is_some_and(|r| std::ptr::eq(r, route));
+            // HEAD is GET without the body (hyper leaves the body out).
+            let served = |m: &Method| *m == actual || (*m == Method::GET && actual == Method::HEAD);
             future::ready(if !ours {
                 Err(warp::reject::not_found())
-            } else if actual == method {
+            } else if served(&method) {
                 Ok(())
-            } else if route.methods.iter().any(|(m, _)| *m == actual) {
+            } else if route.methods.iter().any(|(m, _)| served(m)) {
                 // Another branch serves this method: its own rejection (a bad header, say) is
                 // the answer, not a 405 from this one.
                 Err(warp::reject::not_found())
@@ -231,13 +239,13 @@ pub(super) fn router(
         warp::any().map(move || api.clone())
     };
     let create = public(&ORDERS, Method::POST)
-        .and(json_body(MAX_BODY))
+        .and(json_body(MAX_BODY, &api.body_budget))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(request_id())
         .and(with_api.clone())
         .then(handlers::create_order);
     let batch = public(&ORDERS_BATCH, Method::POST)
-        .and(json_body(MAX_BATCH_BODY))
+        .and(json_body(MAX_BATCH_BODY, &api.body_budget))
         .and(request_id())
         .and(with_api.clone())
         .then(handlers::create_batch);
@@ -251,7 +259,7 @@ pub(super) fn router(
         .then(handlers::get_order);
     let cancel = public(&ORDER_STATUS, Method::PUT)
         .and(path_id())
-        .and(json_body(MAX_BODY))
+        .and(json_body(MAX_BODY, &api.body_budget))
         .and(request_id())
         .and(with_api.clone())
         .then(handlers::set_status);
@@ -335,8 +343,14 @@ mod tests {
             let concrete = route.template.replace("{id}", "x");
             assert_eq!(route_of(&concrete), route.template);
         }
-        assert_eq!(ORDERS.allow(), Some(HeaderValue::from_static("GET, POST")));
-        assert_eq!(ORDER.allow(), Some(HeaderValue::from_static("GET, DELETE")));
+        assert_eq!(
+            ORDERS.allow(),
+            Some(HeaderValue::from_static("GET, HEAD, POST"))
+        );
+        assert_eq!(
+            ORDER.allow(),
+            Some(HeaderValue::from_static("GET, HEAD, DELETE"))
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ lint:
 bench: services
     scripts/bench.sh
 
+# One abusive client against the real binary (also part of `just test`): slow heads, a flood past
+# the connection cap, half-sent bodies, h2c, a client that stops reading, a stuck shutdown. Prints
+# `attack: held, peak RSS N MiB, healthz p99 N ms`.
+abuse: services
+    cargo nextest run --locked --test abuse --no-capture
+
 # The fault-injection suite: private Redis and PostgreSQL, the real binary, faults on purpose.
 chaos: services
     cargo nextest run --locked --test chaos --no-capture

@@ -55,7 +55,7 @@ async fn serve(config: orders::config::Config) -> anyhow::Result<()> {
     // Errors are not what is measured: their log lines go nowhere.
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let routes = recovered(create.or(healthz).unify(), log.clone());
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = orders::http::listen(addr)?;
     eprintln!("orders-baseline listening on {}", listener.local_addr()?);
     let stop = orders::Shutdown::new();
     let stopping = stop.clone();

@@ -156,12 +156,10 @@ pub async fn start(
     let status = Arc::new(RoleStatus::default());
     let _ = status.configured.set(roles);
     if roles.api {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = http::listen(config.listen).map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let local = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,

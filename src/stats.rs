@@ -28,8 +28,8 @@ pub const NOTIFIED: &str = "notifications_sent_total";
 pub const CONNECTIONS_OPEN: &str = "http_connections_open";
 /// Connections past the connection cap that the overflow lane answered.
 pub const CONNECTIONS_OVERFLOWED: &str = "http_connections_overflowed_total";
-/// Connections past the overflow lane too, closed at once.
-pub const CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
+/// Overflow-lane connections closed to make room for a newer one.
+pub const CONNECTIONS_EVICTED: &str = "http_connections_evicted_total";
 /// Request bodies refused because the bodies being read held the whole byte budget.
 pub const BODY_BUDGET_SPENT: &str = "http_body_budget_spent_total";
 /// HTTP request duration, by route, method and status.

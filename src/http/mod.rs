@@ -25,7 +25,7 @@ pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
 pub use request_id::{request_id, REQUEST_ID};
 pub use routes::{resolve, route_of, Access, Route, ROUTES};
-pub use server::{serve as serve_filter, Limits};
+pub use server::{listen, serve as serve_filter, Limits};
 
 use crate::queue::Queue;
 use crate::store::Store;

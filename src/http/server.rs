@@ -3,8 +3,9 @@
 //!
 //! - At most `http_max_connections` connections are served. Past that, a small overflow lane
 //!   answers `/healthz` (so the orchestrator does not restart a process that is only busy) and
-//!   gives everything else a 503 `overloaded`, one request per connection; past the overflow lane
-//!   a connection is closed at once.
+//!   gives everything else a 503 `overloaded`, one request per connection, with a short header
+//!   timeout; when the lane is full, a new connection evicts its oldest one, so a flood of idle
+//!   connections cannot keep a probe out.
 //! - A connection must deliver a whole request head within `http_header_timeout_ms` of being
 //!   opened or of its previous response (slow headers and idle keep-alive alike), and the head
 //!   may be at most `http_max_header_bytes`.
@@ -20,12 +21,14 @@ use crate::Shutdown;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use slog::{info, warn, Logger};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,6 +43,8 @@ use warp::reply::Response;
 const OVERFLOW: usize = 64;
 /// How long an overflow connection may take to send its one request head.
 const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections the kernel may hold for the accept loop (capped by `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
 /// File descriptors kept for Redis, PostgreSQL, logs and the listener, beyond the connections.
 const OTHER_FILES: u64 = 256;
 
@@ -81,10 +86,63 @@ impl Limits {
     }
 }
 
+/// A listener on `addr` whose backlog holds a burst of new connections (tokio's default of
+/// 1,024 drops the SYNs of a bigger burst, and each dropped one costs its client a second).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Which budget a connection was admitted under; dropping it frees the place.
 enum Lane {
     Full(#[allow(dead_code)] OwnedSemaphorePermit),
-    Overflow(#[allow(dead_code)] OwnedSemaphorePermit),
+    Overflow(OverflowPlace),
+}
+
+/// The connections admitted past the cap, oldest first.
+#[derive(Default)]
+struct OverflowLane {
+    admitted: Mutex<VecDeque<(u64, Shutdown)>>,
+    next: AtomicU64,
+}
+
+/// A place in the overflow lane: `evicted` is cancelled when a newer connection needs it.
+struct OverflowPlace {
+    lane: Arc<OverflowLane>,
+    id: u64,
+    evicted: Shutdown,
+}
+
+impl OverflowLane {
+    fn admit(self: &Arc<Self>) -> OverflowPlace {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let evicted = Shutdown::new();
+        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        if admitted.len() >= OVERFLOW {
+            if let Some((_, oldest)) = admitted.pop_front() {
+                oldest.cancel();
+                metrics::counter!(crate::stats::CONNECTIONS_EVICTED).increment(1);
+            }
+        }
+        admitted.push_back((id, evicted.clone()));
+        OverflowPlace {
+            lane: self.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for OverflowPlace {
+    fn drop(&mut self) {
+        let mut admitted = self.lane.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        admitted.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Serves `filter` on `listener` until `shutdown`, then drains within the shutdown deadline.
@@ -100,7 +158,7 @@ pub async fn serve<F>(
     let service = warp::service(filter);
     let limits = Arc::new(limits);
     let full = Arc::new(Semaphore::new(limits.max_connections));
-    let overflow = Arc::new(Semaphore::new(OVERFLOW));
+    let overflow = Arc::new(OverflowLane::default());
     let closing = Shutdown::new();
     let mut connections = JoinSet::new();
     loop {
@@ -117,16 +175,10 @@ pub async fn serve<F>(
         };
         let lane = match full.clone().try_acquire_owned() {
             Ok(place) => Lane::Full(place),
-            Err(_) => match overflow.clone().try_acquire_owned() {
-                Ok(place) => {
-                    metrics::counter!(crate::stats::CONNECTIONS_OVERFLOWED).increment(1);
-                    Lane::Overflow(place)
-                }
-                Err(_) => {
-                    metrics::counter!(crate::stats::CONNECTIONS_REFUSED).increment(1);
-                    continue; // dropping the stream closes it
-                }
-            },
+            Err(_) => {
+                metrics::counter!(crate::stats::CONNECTIONS_OVERFLOWED).increment(1);
+                Lane::Overflow(overflow.admit())
+            }
         };
         connections.spawn(connection(
             stream,
@@ -186,7 +238,11 @@ async fn connection<S>(
     let _ = stream.set_nodelay(true);
     let open = metrics::gauge!(crate::stats::CONNECTIONS_OPEN);
     open.increment(1.0);
-    let overflow = matches!(lane, Lane::Overflow(_));
+    let evicted = match &lane {
+        Lane::Full(_) => None,
+        Lane::Overflow(place) => Some(place.evicted.clone()),
+    };
+    let overflow = evicted.is_some();
     let handler = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(Peer(addr));
         let answer = if overflow && request.uri().path() != "/healthz" {
@@ -209,13 +265,20 @@ async fn connection<S>(
             limits.header_timeout
         })
         .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(64 * 1024))
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(!overflow);
     let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
     let conn = http.serve_connection(io, handler);
     let mut conn = std::pin::pin!(conn);
+    let evicted = async {
+        match &evicted {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = conn.as_mut() => {}
+        _ = evicted => {}
         _ = closing.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;

@@ -140,6 +140,11 @@ impl Process {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running (a stopped one counts as running).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -289,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn http_budgets_that_cannot_work_are_refused() {
+        assert!(load(&[("ORDERS_HTTP_MAX_CONNECTIONS", "0")]).is_err());
+        assert!(load(&[("ORDERS_HTTP_HEADER_TIMEOUT_MS", "0")]).is_err());
+        assert!(load(&[("ORDERS_HTTP_MAX_HEADER_BYTES", "100")]).is_err());
+        // Smaller than a full batch: every full batch would be refused.
+        assert!(matches!(
+            load(&[("ORDERS_HTTP_BODY_BUDGET_BYTES", "1000000")]),
+            Err(ConfigError::Invalid(m)) if m.contains("http_body_budget_bytes")
+        ));
+        let config = load(&[]).unwrap();
+        assert_eq!(config.http_max_connections, 4096);
+        assert_eq!(config.http_body_budget_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
     fn delays_sample_within_their_range() {
         let range = DelayRange::try_from("10-20".to_string()).unwrap();
         for _ in 0..100 {

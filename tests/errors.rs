@@ -1241,3 +1241,60 @@ async fn expect_unavailable(app: &TestApp, method: Method, path: &str, body: Str
     );
     check_error(response, 503, "unavailable", Field::Absent, what).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_wherever_get_does_without_a_body() {
+    let app = TestApp::spawn_with(api_only(), &[]).await;
+    for path in ["/healthz", "/orders", "/openapi.json"] {
+        let response = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "HEAD {path}"
+        );
+        assert!(response.bytes().await.unwrap().is_empty(), "HEAD {path}");
+    }
+    let response = app
+        .http
+        .head(app.url("/orders/batch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let response = app.http.delete(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_a_408_closes_the_connection_and_changes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(
+        api_only(),
+        &[
+            ("ORDERS_HTTP_BODY_TIMEOUT_MS", "300"),
+            ("ORDERS_HTTP_BODY_MIN_RATE", "1000000"),
+        ],
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let body = valid_order();
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the connection is closed after the 408")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#""code":"body_timeout""#), "{reply}");
+    assert_eq!(app.state().await, NOTHING);
+    app.cleanup().await;
+}

@@ -262,7 +262,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     let down = Instant::now();
     // While Redis is down the API answers 503 with `unavailable`, not 500.
     for api in [&front, &second] {
-        let response = reqwest::Client::new()
+        let response = common::http::client()
             .post(api.url("/orders"))
             .json(&order("chaos-redis-down"))
             .timeout(Duration::from_secs(15))
@@ -272,7 +272,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
         assert_eq!(response.status(), 503, "POST /orders with Redis down");
         let body: Value = response.json().await.expect("a JSON error");
         assert_eq!(body["error"]["code"], "unavailable");
-        let ready = reqwest::Client::new()
+        let ready = common::http::client()
             .get(api.url("/readyz"))
             .timeout(Duration::from_secs(15))
             .sent()
@@ -286,7 +286,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     for api in [&front, &second] {
         let what = format!("{} accepting orders again once Redis is back", api.name);
         wait_until(&what, Duration::from_secs(15), async || {
-            match post_batch(&reqwest::Client::new(), &api.url("/orders/batch"), 1).await {
+            match post_batch(&common::http::client(), &api.url("/orders/batch"), 1).await {
                 Ok(ids) => {
                     after.extend(ids);
                     true
@@ -653,7 +653,7 @@ async fn post_batch(
 
 /// POSTs `n` orders to the API of `service` in batches of `batch`, each answered 202; their ids.
 async fn post_orders(service: &Process, n: usize, batch: usize) -> Vec<Uuid> {
-    let http = reqwest::Client::new();
+    let http = common::http::client();
     let url = service.url("/orders/batch");
     let mut ids = Vec::with_capacity(n);
     while ids.len() < n {
@@ -688,7 +688,7 @@ impl Load {
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
-                let http = reqwest::Client::new();
+                let http = common::http::client();
                 let mut result = LoadResult::default();
                 let batch_of = |i: usize| -> Vec<Value> {
                     (0..batch)

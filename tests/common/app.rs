@@ -89,7 +89,7 @@ impl TestApp {
             .to_string();
         TestApp {
             addr: NO_API.parse().unwrap(),
-            http: reqwest::Client::new(),
+            http: super::http::client(),
             db: db::connect(&config.database_url).await,
             redis,
             prefix: config.redis_prefix.clone(),
@@ -107,7 +107,7 @@ impl TestApp {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let mut app = TestApp {
             addr: NO_API.parse().unwrap(),
-            http: reqwest::Client::new(),
+            http: super::http::client(),
             db: db::connect(&config.database_url).await,
             redis: self.redis.clone(),
             prefix: self.prefix.clone(),

@@ -7,6 +7,15 @@ use serde_json::{json, Value};
 use std::future::Future;
 use uuid::Uuid;
 
+/// The HTTP client of the tests: it drops a pooled connection after 5 s idle, before the
+/// service's own idle timeout (`http_header_timeout_ms`, 10 s) could close it under a request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// The content type of every JSON body.
 pub const JSON: Option<&str> = Some("application/json");
 

@@ -118,7 +118,7 @@ impl Process {
     }
 
     async fn wait_started(&mut self) {
-        let http = reqwest::Client::new();
+        let http = super::http::client();
         let see = format!("see {}", self.log.path().display());
         let what = format!("{} to be up ({see})", self.name);
         wait_until(&what, Duration::from_secs(30), async || {

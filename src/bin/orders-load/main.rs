@@ -372,6 +372,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let base = reqwest::Url::parse(&args.url).context("invalid --url")?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
+        // Below the service's idle timeout (http_header_timeout_ms, 10 s by default), so that a
+        // pooled connection is not closed by the service under a request.
+        .pool_idle_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
         .build()

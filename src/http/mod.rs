@@ -2,7 +2,8 @@
 //! handlers that return [`ApiError`], and one [`recover`] that turns every rejection into the one
 //! JSON error shape. Every response goes out through the access log.
 //!
-//! - `routes.rs`: the table, the router, the admin check
+//! - `routes.rs`: the table and the router
+//! - `auth.rs`: the admin check and its limit on failed attempts per client address
 //! - `handlers.rs`: one function per operation
 //! - `body.rs`: the JSON body reader and its limits
 //! - `request_id.rs`: `X-Request-Id`
@@ -11,6 +12,7 @@
 //! - `openapi.rs`: the OpenAPI document served at `/openapi.json`
 
 mod access_log;
+mod auth;
 mod body;
 mod error;
 mod handlers;
@@ -18,6 +20,7 @@ mod openapi;
 mod request_id;
 mod routes;
 
+pub use auth::AdminAuth;
 pub use body::json_body;
 pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
@@ -53,7 +56,8 @@ pub fn peer() -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = 
 pub struct Api {
     pub queue: Queue,
     pub store: Store,
-    pub admin_token: Option<String>,
+    /// The admin token and the failed attempts counted against client addresses.
+    pub admin: AdminAuth,
     /// Where cancellations are published.
     pub cancelled_channel: String,
     /// The roles of this process and whether they run.

@@ -35,7 +35,8 @@ PHASES=${CONTRACT_PHASES:-examples,coverage,fuzzing,stateful}
 WORKERS=${CONTRACT_WORKERS:-1}
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-TOKEN=contract-token
+# The admin token: the service refuses one shorter than 16 characters.
+TOKEN=contract-admin-token-0123
 OUT=$TARGET/contract
 VENV=$TARGET/contract-venv
 
@@ -106,6 +107,10 @@ trap 'exit 143' TERM
 
 createdb --maintenance-db="$PG_SERVER/postgres" "$DB" || die "createdb $DB failed (is PostgreSQL up? just services)"
 
+# schemathesis sends admin requests without the token on purpose (its ignored_auth check), far
+# more than the failed attempts a client is allowed: past them the service would answer 429 to
+# every admin request, the right token too, and the run would no longer reach the admin
+# operations. The limit itself is tested in tests/admin.rs.
 say "starting orders on $BASE (database $DB, Redis prefix $PREFIX, log $LOG)"
 DATABASE_URL=$PG_SERVER/$DB \
 REDIS_URL=$REDIS_URL \
@@ -113,6 +118,7 @@ ORDERS_LISTEN=127.0.0.1:$PORT \
 ORDERS_REDIS_PREFIX=$PREFIX \
 ORDERS_PROCESSING_DELAY_MS=0 \
 ORDERS_ADMIN_TOKEN=$TOKEN \
+ORDERS_ADMIN_AUTH_MAX_FAILURES=1000000000 \
 ORDERS_LOG_FORMAT=json \
     "$BIN" serve >"$LOG" 2>&1 &
 SERVICE_PID=$!

@@ -28,6 +28,9 @@ pub struct Config {
     pub http_body_timeout_ms: u64,
     pub http_body_min_rate: u64,
     pub http_body_budget_bytes: usize,
+    pub admin_auth_max_failures: u32,
+    pub admin_auth_window_ms: u64,
+    pub admin_auth_max_clients: usize,
     pub processing_delay_ms: DelayRange,
     pub threads: usize,
     pub fetch_loops: usize,
@@ -174,6 +177,12 @@ impl Config {
             ("http_write_timeout_ms", self.http_write_timeout_ms as usize),
             ("http_body_timeout_ms", self.http_body_timeout_ms as usize),
             ("http_body_min_rate", self.http_body_min_rate as usize),
+            (
+                "admin_auth_max_failures",
+                self.admin_auth_max_failures as usize,
+            ),
+            ("admin_auth_window_ms", self.admin_auth_window_ms as usize),
+            ("admin_auth_max_clients", self.admin_auth_max_clients),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -195,6 +204,7 @@ impl Config {
                 "redis_prefix must be non-empty and hold no braces".into(),
             ));
         }
+        check_admin_token(&self.admin_token)?;
         Ok(self)
     }
 
@@ -212,6 +222,31 @@ impl Config {
     pub fn admin_token(&self) -> Option<&str> {
         Some(self.admin_token.as_str()).filter(|t| !t.is_empty())
     }
+}
+
+/// Shortest admin token accepted: a token short enough to guess is no lock.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// An admin token that is set must be one a client can send and nobody can guess: at least
+/// [`MIN_ADMIN_TOKEN_LEN`] visible ASCII characters (a bearer token holds no space, control or
+/// non-ASCII character, and a padded token could never match, a silent lockout). Empty is
+/// allowed: admin routes are then disabled. The message never repeats the token.
+fn check_admin_token(token: &str) -> Result<(), ConfigError> {
+    let problem = if token.is_empty() {
+        return Ok(());
+    } else if token.trim() != token {
+        "has leading or trailing whitespace".to_string()
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        "holds a space, a control or a non-ASCII character".to_string()
+    } else if token.len() < MIN_ADMIN_TOKEN_LEN {
+        format!("is shorter than {MIN_ADMIN_TOKEN_LEN} characters")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Invalid(format!(
+        "ORDERS_ADMIN_TOKEN (admin_token) {problem}: it must be empty (admin routes disabled) or \
+         at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters, with no spaces"
+    )))
 }
 
 fn parse_table(text: &str, path: &str) -> Result<toml::Table, ConfigError> {
@@ -261,14 +296,14 @@ mod tests {
             ("DATABASE_URL", "postgres://x@h/db"),
             ("ORDERS_PROCESSING_DELAY_MS", "0"),
             ("ORDERS_MAX_IN_FLIGHT", "5000"),
-            ("ORDERS_ADMIN_TOKEN", "s3cret"),
+            ("ORDERS_ADMIN_TOKEN", "s3cret-admin-token-1"),
             ("ORDERS_LOG_FORMAT", "json"),
         ])
         .unwrap();
         assert_eq!(config.database_url, "postgres://x@h/db");
         assert_eq!(config.processing_delay_ms, DelayRange { min: 0, max: 0 });
         assert_eq!(config.max_in_flight, 5000);
-        assert_eq!(config.admin_token(), Some("s3cret"));
+        assert_eq!(config.admin_token(), Some("s3cret-admin-token-1"));
         assert_eq!(config.log_format, LogFormat::Json);
     }
 
@@ -301,6 +336,40 @@ mod tests {
         let config = load(&[]).unwrap();
         assert_eq!(config.http_max_connections, 4096);
         assert_eq!(config.http_body_budget_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_set_admin_token_must_be_long_and_sendable() {
+        for (token, why) in [
+            ("x", "shorter than 16"),
+            ("fifteen-chars-x", "shorter than 16"),
+            (" ", "whitespace"),
+            ("abc ", "whitespace"),
+            (" sixteen-chars-xx", "whitespace"),
+            ("sixteen-chars-xx\n", "whitespace"),
+            ("sixteen chars xxx", "a space"),
+            ("sixteen-chars-x\u{7}x", "a control"),
+            ("sixteen-chars-café", "non-ASCII"),
+        ] {
+            let error = load(&[("ORDERS_ADMIN_TOKEN", token)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("ORDERS_ADMIN_TOKEN (admin_token)") && error.contains(why),
+                "{token:?}: {error}"
+            );
+            if token.len() > 8 {
+                assert!(
+                    !error.contains(token),
+                    "the message repeats the token: {error}"
+                );
+            }
+        }
+        let sixteen = "sixteen-chars-xx";
+        let config = load(&[("ORDERS_ADMIN_TOKEN", sixteen)]).unwrap();
+        assert_eq!(config.admin_token(), Some(sixteen));
+        let config = load(&[("ORDERS_ADMIN_TOKEN", "")]).unwrap();
+        assert_eq!(config.admin_token(), None, "empty: admin routes disabled");
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub async fn start(
             body_budget: http::BodyBudget::from_config(config),
             queue: queue.clone(),
             store: store.clone(),
-            admin_token: config.admin_token().map(str::to_string),
+            admin: http::AdminAuth::new(config),
             cancelled_channel: config.cancelled_channel.clone(),
             roles: status.clone(),
             log: log.new(slog::o!("role" => "api")),

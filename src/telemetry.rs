@@ -7,6 +7,11 @@
 //! unbuffered stream in four or five pieces, which at info level dominated the API's CPU under
 //! load). When 65,536 lines wait, loggers block until the writer
 //! catches up: a burst slows down, no line is dropped.
+//!
+//! In the term format a value that holds a separator (`,` `:` `"` or whitespace), a control or a
+//! non-ASCII character, or is empty, is written quoted and escaped as a Rust string literal:
+//! values come from clients (request ids, paths, error texts), and `x,status:200,msg:fake` must
+//! not read as three fields. Plain values are written as they are; JSON escapes its own.
 
 use crate::config::{Config, LogFormat};
 use slog::{o, Drain, Level, Logger, OwnedKVList, Record};
@@ -36,11 +41,7 @@ pub fn logger(config: &Config) -> (Logger, LogGuard) {
             let color = io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none()
                 && std::env::var("TERM").map_or(true, |t| t != "dumb");
-            let decorator = Lines {
-                lines: lines.clone(),
-                color,
-            };
-            let drain = slog_term::FullFormat::new(decorator).build();
+            let drain = term_format(lines.clone(), color);
             let root = Logger::root(drain.filter_level(level).fuse(), o!());
             (root, spawn_writer(waiting, io::stderr()))
         }
@@ -114,6 +115,11 @@ fn spawn_writer(
         .expect("spawning the log writer thread")
 }
 
+/// The term format, sending each line to the writer.
+fn term_format(lines: mpsc::SyncSender<Message>, color: bool) -> slog_term::FullFormat<Lines> {
+    slog_term::FullFormat::new(Lines { lines, color }).build()
+}
+
 /// The slog-term decorator: formats one record into a line of its own (with ANSI colours when
 /// `color`, as slog-term's `TermDecorator` paints them) and sends it to the writer.
 struct Lines {
@@ -130,8 +136,10 @@ impl slog_term::Decorator for Lines {
             text: Vec::with_capacity(192),
             level: record.level(),
             color: self.color,
+            value_from: None,
         };
         f(&mut line)?;
+        line.end_value();
         send(&self.lines, line.text)
     }
 }
@@ -147,10 +155,29 @@ struct Line {
     text: Vec<u8>,
     level: Level,
     color: bool,
+    /// Where the value being written began: slog-term starts each part of a line (key,
+    /// separator, value, comma) with a call to this decorator, so a value ends at the next one.
+    value_from: Option<usize>,
 }
 
 impl Line {
+    /// Quotes the value just written, if it needs quotes.
+    fn end_value(&mut self) {
+        let Some(from) = self.value_from.take() else {
+            return;
+        };
+        let quoted = {
+            let value = String::from_utf8_lossy(&self.text[from..]);
+            needs_quotes(&value).then(|| format!("{value:?}"))
+        };
+        if let Some(quoted) = quoted {
+            self.text.truncate(from);
+            self.text.extend_from_slice(quoted.as_bytes());
+        }
+    }
+
     fn paint(&mut self, code: &[u8]) -> io::Result<()> {
+        self.end_value();
         if self.color {
             self.text.extend_from_slice(code);
         }
@@ -193,6 +220,22 @@ impl slog_term::RecordDecorator for Line {
     fn start_msg(&mut self) -> io::Result<()> {
         self.paint(b"\x1b[1m")
     }
+
+    fn start_value(&mut self) -> io::Result<()> {
+        self.reset()?;
+        self.value_from = Some(self.text.len());
+        Ok(())
+    }
+}
+
+/// Whether a value would be ambiguous or hidden in a term line as it is. Rust's `Debug` quoting
+/// then escapes quotes, backslashes, control characters and the invisible ones (bidirectional
+/// controls, line separators, zero-width characters).
+fn needs_quotes(value: &str) -> bool {
+    value.is_empty()
+        || value.chars().any(|c| {
+            matches!(c, ',' | ':' | '"') || c.is_whitespace() || c.is_control() || !c.is_ascii()
+        })
 }
 
 thread_local! {
@@ -239,5 +282,89 @@ fn parse_level(name: &str) -> Level {
         "error" => Level::Error,
         "critical" => Level::Critical,
         _ => Level::Info,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slog::info;
+
+    /// The lines `log` writes through a drain made by `drain` from the writer's channel.
+    fn lines_of<D>(
+        drain: impl FnOnce(mpsc::SyncSender<Message>) -> D,
+        log: impl Fn(&Logger),
+    ) -> String
+    where
+        D: Drain<Ok = (), Err = io::Error>
+            + Send
+            + Sync
+            + std::panic::UnwindSafe
+            + std::panic::RefUnwindSafe
+            + 'static,
+    {
+        let (lines, waiting) = mpsc::sync_channel(16);
+        let logger = Logger::root(drain(lines).fuse(), o!("role" => "api"));
+        log(&logger);
+        drop(logger);
+        let mut text = Vec::new();
+        while let Ok(Message::Line(line)) = waiting.recv() {
+            text.extend(line);
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    fn spoofing(log: &Logger) {
+        info!(log, "request"; "method" => "GET", "path" => "/orders", "status" => 200,
+            "request_id" => "x,status:200,msg:fake", "agent" => "curl/8 (x)",
+            "customer_id" => "\u{202e}cba", "key" => "caf\u{e9}", "empty" => "", "nl" => "a\nb");
+    }
+
+    #[test]
+    fn the_term_format_quotes_values_that_could_pass_for_more_fields() {
+        for color in [false, true] {
+            let line = lines_of(|lines| term_format(lines, color), spoofing);
+            let plain = String::from_utf8(strip_ansi(line.as_bytes())).unwrap();
+            for field in [
+                "method: GET",
+                "path: /orders",
+                "status: 200",
+                r#"request_id: "x,status:200,msg:fake""#,
+                r#"agent: "curl/8 (x)""#,
+                r#"customer_id: "\u{202e}cba""#,
+                r#"key: "café""#,
+                r#"empty: """#,
+                r#"nl: "a\nb""#,
+                "role: api",
+            ] {
+                assert!(plain.contains(field), "{field} in {plain:?}");
+            }
+            assert_eq!(plain.lines().count(), 1, "{plain:?}");
+            assert!(!plain.contains(", status:200"), "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn the_json_format_keeps_values_as_they_are() {
+        let line = lines_of(|lines| JsonLines { lines }, spoofing);
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["request_id"], "x,status:200,msg:fake");
+        assert_eq!(json["customer_id"], "\u{202e}cba");
+        assert_eq!(json["path"], "/orders");
+        assert_eq!(json["status"], 200);
+    }
+
+    /// `text` without its ANSI colour codes.
+    fn strip_ansi(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut bytes = text.iter();
+        while let Some(&b) = bytes.next() {
+            if b == 0x1b {
+                bytes.by_ref().find(|&&c| c == b'm');
+            } else {
+                out.push(b);
+            }
+        }
+        out
     }
 }

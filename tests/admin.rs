@@ -1,12 +1,13 @@
 //! The admin routes: deleting an order (the configured bearer token, or none configured) and what
-//! a delete removes. The dead letters' listing and replay are in `retries.rs`, with the retries
+//! a delete removes; the limit on failed attempts per client address. The dead letters' listing and replay are in `retries.rs`, with the retries
 //! that fill them.
 
 mod common;
 
 use common::http::{check_error, Field};
-use common::{api_only, scalar, wait_until, TestApp, ONE_QUEUED};
+use common::{admin_bearer, api_only, scalar, wait_until, Sent, TestApp, ADMIN_TOKEN, ONE_QUEUED};
 use orders::Roles;
+use reqwest::{Method, Response};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -73,8 +74,15 @@ async fn rows_of(app: &TestApp, id: Uuid) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_delete_needs_the_configured_token() {
-    const TOKEN: &str = "s3cret";
-    let app = TestApp::spawn_with(Roles::ALL, &[("ORDERS_ADMIN_TOKEN", TOKEN)]).await;
+    // Enough failed attempts allowed for every wrong header below.
+    let app = TestApp::spawn_with(
+        Roles::ALL,
+        &[
+            ("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("ORDERS_ADMIN_AUTH_MAX_FAILURES", "100"),
+        ],
+    )
+    .await;
     let id = app.accept_order("c-delete").await;
     let other = app.accept_order("c-keep").await;
     wait_until(
@@ -88,17 +96,20 @@ async fn admin_delete_needs_the_configured_token() {
     assert_eq!(rows_of(&app, id).await, (1, 2));
     let before = app.state().await;
 
+    let shorter = format!("Bearer {}", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]);
+    let longer = format!("Bearer {ADMIN_TOKEN}2");
+    let upper = format!("Bearer {}", ADMIN_TOKEN.to_uppercase());
     for (auth, status, code) in [
         (None, 401, "unauthorized"),
         (Some("Basic czNjcmV0"), 401, "unauthorized"),
-        (Some(TOKEN), 401, "unauthorized"),
+        (Some(ADMIN_TOKEN), 401, "unauthorized"),
         (Some("Bearer"), 401, "unauthorized"),
         // HTTP drops the trailing space: this is "Bearer" with no token.
         (Some("Bearer "), 401, "unauthorized"),
         (Some("Bearer wrong"), 403, "forbidden"),
-        (Some("Bearer s3cre"), 403, "forbidden"),
-        (Some("Bearer s3cret2"), 403, "forbidden"),
-        (Some("Bearer S3CRET"), 403, "forbidden"),
+        (Some(&shorter), 403, "forbidden"),
+        (Some(&longer), 403, "forbidden"),
+        (Some(&upper), 403, "forbidden"),
     ] {
         for target in [id.to_string(), Uuid::new_v4().to_string(), "abc".into()] {
             check_error(
@@ -113,7 +124,7 @@ async fn admin_delete_needs_the_configured_token() {
     }
     assert_eq!(app.state().await, before, "refused deletes changed nothing");
 
-    let bearer = format!("Bearer {TOKEN}");
+    let bearer = admin_bearer();
     let response = app.delete_order(&id.to_string(), Some(&bearer)).await;
     assert_eq!(response.status(), 204);
     assert!(
@@ -155,25 +166,116 @@ async fn admin_delete_needs_the_configured_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_delete_takes_a_queued_order_off_the_queue() {
-    let app = TestApp::spawn_with(api_only(), &[("ORDERS_ADMIN_TOKEN", "s3cret")]).await;
+    let app = TestApp::spawn_with(api_only(), &[("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let bearer = admin_bearer();
     let id = app.accept_order("c-delete-queued").await;
     let keep = app.accept_order("c-keep-queued").await;
-    let response = app
-        .delete_order(&id.to_string(), Some("Bearer s3cret"))
-        .await;
+    let response = app.delete_order(&id.to_string(), Some(&bearer)).await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.state().await, ONE_QUEUED);
     assert_gone(&app, id).await;
     let response = app.get(&format!("/orders/{keep}")).await;
     assert_eq!(response.status(), 200);
     check_error(
-        app.delete_order(&id.to_string(), Some("Bearer s3cret"))
-            .await,
+        app.delete_order(&id.to_string(), Some(&bearer)).await,
         404,
         "not_found",
         Field::Absent,
         "second DELETE",
     )
     .await;
+    app.cleanup().await;
+}
+
+/// Every admin request from one client, with `authorization` (or none): each admin operation.
+async fn every_admin_operation(app: &TestApp, id: Uuid, authorization: &str) -> Vec<Response> {
+    let mut answers = Vec::new();
+    for (method, path) in [
+        (Method::DELETE, format!("/orders/{id}")),
+        (Method::GET, "/dead-letters".to_string()),
+        (Method::POST, format!("/dead-letters/{id}/retry")),
+    ] {
+        let request = app
+            .request(method, &path)
+            .header("authorization", authorization);
+        answers.push(request.sent().await);
+    }
+    answers
+}
+
+/// Past the failed attempts allowed, every admin request from the client is a 429 with
+/// `Retry-After`, even with the right token, until the window ends; the failures are logged, the
+/// requests refused meanwhile are not. Every request here comes from 127.0.0.1, one client
+/// whether the server records client addresses or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_admin_token_is_stopped_per_client() {
+    let app = TestApp::spawn_with(
+        api_only(),
+        &[
+            ("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("ORDERS_ADMIN_AUTH_MAX_FAILURES", "5"),
+            ("ORDERS_ADMIN_AUTH_WINDOW_MS", "3000"),
+        ],
+    )
+    .await;
+    let id = app.accept_order("c-guess").await;
+    let before = app.state().await;
+    for auth in [
+        None,
+        Some("Bearer guess-1"),
+        Some("Basic eDp5"),
+        Some("Bearer guess-3"),
+        Some("Bearer guess-4"),
+    ] {
+        let status = app.delete_order(&id.to_string(), auth).await.status();
+        assert!(matches!(status.as_u16(), 401 | 403), "{auth:?}: {status}");
+    }
+
+    let right = admin_bearer();
+    let mut refused = every_admin_operation(&app, id, &right).await;
+    refused.extend(every_admin_operation(&app, id, "Bearer guess-5").await);
+    for response in refused {
+        let what = format!("{} after the failures", response.url().path());
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (1..=3).contains(&retry_after),
+            "{what}: Retry-After {retry_after}"
+        );
+        check_error(response, 429, "too_many_requests", Field::Absent, &what).await;
+    }
+    assert_eq!(
+        app.state().await,
+        before,
+        "refused requests changed nothing"
+    );
+    let response = app.get(&format!("/orders/{id}")).await;
+    assert_eq!(response.status(), 200, "public routes are not limited");
+
+    let failed = app.log.all("admin authentication failed");
+    let blocked = app
+        .log
+        .all("admin authentication blocked: too many failures");
+    assert_eq!(failed.len(), 3, "the first failures are logged: {failed:?}");
+    assert_eq!(blocked.len(), 1, "the block is logged once: {blocked:?}");
+    for line in failed.iter().chain(&blocked) {
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert_eq!(line["route"], "/orders/{id}", "{line}");
+        let client = line["client"].as_str();
+        assert!(matches!(client, Some("127.0.0.1" | "unknown")), "{line}");
+    }
+    assert_eq!(blocked[0]["failures"], 5);
+
+    wait_until("the window to end", Duration::from_secs(15), || async {
+        app.delete_order(&id.to_string(), Some(&right))
+            .await
+            .status()
+            == 204
+    })
+    .await;
+    assert_gone(&app, id).await;
     app.cleanup().await;
 }

@@ -70,7 +70,7 @@ async fn two_thousand_orders_complete_exactly_once_with_one_event_each() {
 async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() {
     let app = TestApp::spawn_with(
         Roles::parse("api,worker").unwrap(),
-        &[("ORDERS_ADMIN_TOKEN", "t")],
+        &[("ORDERS_ADMIN_TOKEN", common::ADMIN_TOKEN)],
     )
     .await;
     let kept = app.accept_order("due-kept").await;
@@ -86,7 +86,7 @@ async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() 
     .await;
     assert_eq!(app.count_rows("notifications").await, 0, "no notifier ran");
     let response = app
-        .delete_order(&deleted.to_string(), Some("Bearer t"))
+        .delete_order(&deleted.to_string(), Some(&common::admin_bearer()))
         .await;
     assert_eq!(response.status(), 204);
 

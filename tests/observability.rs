@@ -64,7 +64,7 @@ async fn stats_and_metrics_agree_with_the_database() {
     let app = TestApp::spawn_with(
         orders::Roles::ALL,
         &[
-            ("ORDERS_ADMIN_TOKEN", "t"),
+            ("ORDERS_ADMIN_TOKEN", common::ADMIN_TOKEN),
             ("ORDERS_PROCESSING_DELAY_MS", "1-50"),
         ],
     )
@@ -83,7 +83,7 @@ async fn stats_and_metrics_agree_with_the_database() {
     .await;
     // Other statuses too: a deleted order, and bad requests.
     let deleted = app
-        .delete_order(&ids[0].to_string(), Some("Bearer t"))
+        .delete_order(&ids[0].to_string(), Some(&common::admin_bearer()))
         .await;
     assert_eq!(deleted.status(), 204);
     let bad = app

@@ -6,17 +6,16 @@
 
 mod common;
 
-use common::TestApp;
+use common::{TestApp, ADMIN_TOKEN};
 use orders::http::{Access, ROUTES};
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-const TOKEN: &str = "s3cret";
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", TOKEN)]).await
+    TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN)]).await
 }
 
 /// The document, as the running service serves it.
@@ -76,7 +75,10 @@ fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
 
 async fn send(app: &TestApp, method: &str, path: &str, body: Option<&Value>) -> reqwest::Response {
     let method = Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = app.http.request(method, app.url(path)).bearer_auth(TOKEN);
+    let mut request = app
+        .http
+        .request(method, app.url(path))
+        .bearer_auth(ADMIN_TOKEN);
     if let Some(body) = body {
         request = request.json(body);
     }

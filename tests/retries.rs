@@ -6,13 +6,11 @@ mod common;
 
 use common::events::Events;
 use common::wait::poll_until;
-use common::{db, scalar, wait_until, Sent, TestApp};
+use common::{db, scalar, wait_until, Sent, TestApp, ADMIN_TOKEN};
 use orders::Roles;
 use reqwest::Method;
 use serde_json::Value;
 use std::time::Duration;
-
-const TOKEN: &str = "s3cret";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
@@ -23,7 +21,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
         &[
             ("ORDERS_MAX_ATTEMPTS", "3"),
             ("ORDERS_RETRY_BASE_MS", "50"),
-            ("ORDERS_ADMIN_TOKEN", TOKEN),
+            ("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN),
             ("ORDERS_FAILED_CHANNEL", &failed_channel),
         ],
     )
@@ -54,7 +52,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
     // Listed in the dead letters with its three errors.
     let dead: Value = app
         .request(Method::GET, "/dead-letters")
-        .bearer_auth(TOKEN)
+        .bearer_auth(ADMIN_TOKEN)
         .sent()
         .await
         .json()
@@ -73,7 +71,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
         .unwrap();
     let replay = || {
         app.request(Method::POST, &format!("/dead-letters/{id}/retry"))
-            .bearer_auth(TOKEN)
+            .bearer_auth(ADMIN_TOKEN)
             .sent()
     };
     let response = replay().await;

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// The request body did not arrive in its time.
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    /// Too many failed admin authentications from the client's address; the seconds until the
+    /// block ends.
+    #[error("too many failed admin authentications from this address, retry in {0} s")]
+    TooManyFailures(u64),
     /// Redis or PostgreSQL failed; the cause is for the log only.
     #[error("a backing service is unavailable, retry later")]
     Unavailable(#[source] Box<dyn Error + Send + Sync>),
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             ApiError::InvalidHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header"),
             ApiError::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::TooManyFailures(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => {
@@ -111,10 +116,15 @@ impl ApiError {
                 .headers_mut()
                 .insert("connection", HeaderValue::from_static("close"));
         }
-        if let ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::Overloaded(_) = self {
+        let retry_after = match self {
+            ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::Overloaded(_) => Some(1),
+            ApiError::TooManyFailures(seconds) => Some(*seconds),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+                .insert("retry-after", HeaderValue::from(seconds));
         }
         response
     }

@@ -2,7 +2,8 @@
 //! handlers that return [`ApiError`], and one [`recover`] that turns every rejection into the one
 //! JSON error shape. Every response goes out through the access log.
 //!
-//! - `routes.rs`: the table, the router, the admin check
+//! - `routes.rs`: the table and the router
+//! - `auth.rs`: the admin check and its limit on failed attempts per client address
 //! - `handlers.rs`: one function per operation
 //! - `server.rs`: the accept loop and its connection and time budgets
 //! - `body.rs`: the JSON body reader and its limits of size, time and memory
@@ -12,6 +13,7 @@
 //! - `openapi.rs`: the OpenAPI document served at `/openapi.json`
 
 mod access_log;
+mod auth;
 mod body;
 mod error;
 mod handlers;
@@ -20,6 +22,7 @@ mod request_id;
 mod routes;
 mod server;
 
+pub use auth::AdminAuth;
 pub use body::{json_body, BodyBudget};
 pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
@@ -56,7 +59,8 @@ pub fn peer() -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = 
 pub struct Api {
     pub queue: Queue,
     pub store: Store,
-    pub admin_token: Option<String>,
+    /// The admin token and the failed attempts counted against client addresses.
+    pub admin: AdminAuth,
     /// What the bodies being read may hold and how long they may take.
     pub body_budget: BodyBudget,
     /// Where cancellations are published.

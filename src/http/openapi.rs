@@ -137,7 +137,9 @@ mod tests {
             assert_eq!(admin, secured, "{} {path}", method.to_uppercase());
             if admin {
                 let responses = &operation["responses"];
-                assert!(responses["401"].is_object() && responses["403"].is_object());
+                for status in ["401", "403", "429"] {
+                    assert!(responses[status].is_object(), "{path}: no {status}");
+                }
             }
         }
     }
@@ -175,6 +177,7 @@ mod tests {
             ApiError::QueueFull,
             ApiError::Overloaded(""),
             ApiError::BodyTimeout,
+            ApiError::TooManyFailures(1),
             ApiError::Unavailable(String::new().into()),
         ];
         // Does not compile once a variant is added: add it to `errors` too.
@@ -194,6 +197,7 @@ mod tests {
             | ApiError::QueueFull
             | ApiError::Overloaded(_)
             | ApiError::BodyTimeout
+            | ApiError::TooManyFailures(_)
             | ApiError::Unavailable(_) => (),
         };
         let sent: Vec<&str> = errors.iter().map(|e| e.status_and_code().1).collect();
@@ -205,20 +209,23 @@ mod tests {
         // Each status's response lists exactly the codes sent with that status.
         for error in &errors {
             let (status, code) = error.status_and_code();
-            let name = match status.as_u16() {
-                400 => "BadRequest",
-                401 => "Unauthorized",
-                403 => "Forbidden",
-                404 => "NotFound",
-                405 => "MethodNotAllowed",
-                408 => "RequestTimeout",
-                409 => "Conflict",
-                413 => "PayloadTooLarge",
-                415 => "UnsupportedMediaType",
-                422 => "UnprocessableEntity",
-                429 => "QueueFull",
-                503 => "Unavailable",
-                other => panic!("undocumented status {other}"),
+            let name = match (status.as_u16(), code) {
+                (429, "too_many_requests") => "TooManyFailures",
+                _ => match status.as_u16() {
+                    400 => "BadRequest",
+                    401 => "Unauthorized",
+                    403 => "Forbidden",
+                    404 => "NotFound",
+                    405 => "MethodNotAllowed",
+                    408 => "RequestTimeout",
+                    409 => "Conflict",
+                    413 => "PayloadTooLarge",
+                    415 => "UnsupportedMediaType",
+                    422 => "UnprocessableEntity",
+                    429 => "QueueFull",
+                    503 => "Unavailable",
+                    other => panic!("undocumented status {other}"),
+                },
             };
             let codes = &doc["components"]["responses"][name]["content"]["application/json"]
                 ["schema"]["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"];

@@ -2,10 +2,11 @@
 //! and methods: the router checks its branches against it, the access log takes its metric labels
 //! and the `Allow` header of a 405 from it, and `tests/openapi.rs` holds the served document to it.
 
+use super::auth::admin;
 use super::body::json_body;
 use super::error::answer;
 use super::request_id::request_id;
-use super::{handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
+use super::{handlers, openapi, Api, MAX_BATCH_BODY, MAX_BODY};
 use futures_util::future;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -123,7 +124,7 @@ impl warp::reject::Reject for OtherMethod {}
 /// Requests for `method` on `route`; others are not found (another path) or [`OtherMethod`].
 /// Panics when the table does not list `method` on `route` with `access`: the router and the
 /// table must agree, and every start of the service checks that they do.
-fn gate(
+pub(super) fn gate(
     route: &'static Route,
     method: Method,
     access: Access,
@@ -164,55 +165,6 @@ fn public(
     method: Method,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     gate(route, method, Public)
-}
-
-/// Requests for `method` on `route` that carry the admin token.
-fn admin(
-    route: &'static Route,
-    method: Method,
-    api: &Arc<Api>,
-) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    let api = api.clone();
-    gate(route, method, Admin)
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(move |authorization: Option<String>| {
-            answer(authorize_admin(
-                api.admin_token.as_deref(),
-                authorization.as_deref(),
-            ))
-        })
-        .untuple_one()
-}
-
-/// Admin routes need the configured token; with none configured they are refused.
-fn authorize_admin(configured: Option<&str>, header: Option<&str>) -> Result<(), ApiError> {
-    let Some(configured) = configured else {
-        return Err(ApiError::Forbidden(
-            "admin routes are disabled: no admin token is configured",
-        ));
-    };
-    // The scheme is case-insensitive (RFC 9110, 11.1); one or more spaces follow it.
-    let sent = header.and_then(|h| {
-        let (scheme, token) = h.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim_start_matches(' '))
-    });
-    let Some(sent) = sent else {
-        return Err(ApiError::Unauthorized);
-    };
-    // Compare in time independent of where the first difference is.
-    let same = sent.len() == configured.len()
-        && sent
-            .bytes()
-            .zip(configured.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("wrong admin token"))
-    }
 }
 
 /// The `{id}` segment of the request's path (after a gate on a route that has one).
@@ -351,36 +303,5 @@ mod tests {
             ORDER.allow(),
             Some(HeaderValue::from_static("GET, HEAD, DELETE"))
         );
-    }
-
-    #[test]
-    fn admin_routes_are_refused_without_the_right_token() {
-        assert!(matches!(
-            authorize_admin(None, Some("Bearer x")),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), None),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Basic s3cret")),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Bearer s3creT")),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(authorize_admin(Some("s3cret"), Some("Bearer s3cret")).is_ok());
-        assert!(authorize_admin(Some("s3cret"), Some("bearer s3cret")).is_ok());
-        assert!(authorize_admin(Some("s3cret"), Some("BEARER  s3cret")).is_ok());
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Bearers3cret")),
-            Err(ApiError::Unauthorized)
-        ));
-        assert!(matches!(
-            authorize_admin(Some("s3cret"), Some("Bearer s3cret ")),
-            Err(ApiError::Forbidden(_))
-        ));
     }
 }

@@ -28,6 +28,15 @@ pub use http::Sent;
 #[allow(unused_imports)]
 pub use wait::wait_until;
 
+/// The admin token of tests that set one (`ORDERS_ADMIN_TOKEN`): the service refuses one shorter
+/// than 16 characters.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The `Authorization` header that carries [`ADMIN_TOKEN`].
+pub fn admin_bearer() -> String {
+    format!("Bearer {ADMIN_TOKEN}")
+}
+
 /// Redis the tests use.
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())

@@ -170,6 +170,7 @@ mod tests {
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict(String::new()),
+            ApiError::Gone(String::new()),
             ApiError::Unauthorized,
             ApiError::Forbidden(""),
             ApiError::QueueFull,
@@ -187,6 +188,7 @@ mod tests {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed
             | ApiError::Conflict(_)
+            | ApiError::Gone(_)
             | ApiError::Unauthorized
             | ApiError::Forbidden(_)
             | ApiError::QueueFull
@@ -208,6 +210,7 @@ mod tests {
                 404 => "NotFound",
                 405 => "MethodNotAllowed",
                 409 => "Conflict",
+                410 => "Gone",
                 413 => "PayloadTooLarge",
                 415 => "UnsupportedMediaType",
                 422 => "UnprocessableEntity",

@@ -24,7 +24,8 @@ const MAX_LIMIT: i64 = 500;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /orders`: validate, enqueue, 202. With an `Idempotency-Key`, the same key and body
-/// within 24 h answer the first order's id and enqueue nothing; another body is a 409.
+/// within 24 h answer the first order's id with its current status and enqueue nothing; another
+/// body is a 409; the order having been deleted since, a 410.
 pub async fn create_order(
     body: Bytes,
     idempotency_key: Option<String>,
@@ -32,51 +33,33 @@ pub async fn create_order(
     api: Arc<Api>,
 ) -> Result<Response, ApiError> {
     let order = NewOrder::parse(&body)?;
-    if let Some(key) = &idempotency_key {
-        let printable = key.bytes().all(|b| b.is_ascii_graphic());
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
-            return Err(ApiError::InvalidHeader(format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            )));
-        }
-    }
-    // What the key remembers: the order id and the order as validated, so that the same order
-    // sent with other spacing or key order still counts as the same body.
-    let canonical = idempotency_key.as_ref().map(|_| order.canonical_json());
+    let key = checked_idempotency_key(idempotency_key)?;
+    let canonical = key.as_ref().map(|_| order.canonical_json());
     let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()));
-    let replay = canonical.map(|body| Replay {
-        order_id: job.order_id,
-        body,
-    });
-    let idempotency = idempotency_key.as_deref().zip(replay.as_ref());
-    let outcome = api
-        .queue
-        .enqueue(std::slice::from_ref(&job), idempotency)
-        .await?;
-    let order_id = match outcome {
-        Enqueued::Accepted => {
-            metrics::counter!(crate::stats::ACCEPTED).increment(1);
-            info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
-            job.order_id
-        }
-        Enqueued::QueueFull => return Err(ApiError::QueueFull),
-        Enqueued::Seen(first) if Some(&first.body) == replay.as_ref().map(|r| &r.body) => {
-            info!(api.log, "idempotent replay"; "order_id" => %first.order_id, "request_id" => &request_id);
-            first.order_id
-        }
-        Enqueued::Seen(_) | Enqueued::SeenUnreadable => {
-            return Err(ApiError::Conflict(
-                "this Idempotency-Key was used with a different body".into(),
-            ))
-        }
+    let jobs = std::slice::from_ref(&job);
+    let Some(first) = enqueue_once(&api, jobs, key.as_deref(), canonical).await? else {
+        metrics::counter!(crate::stats::ACCEPTED).increment(1);
+        info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
+        return Ok(accepted(job.order_id, request_id));
     };
-    Ok(accepted(order_id, request_id))
+    // `enqueue_once` saw that the record names as many orders as this request: one.
+    let (order_id, status) = replayed(&api, first, &request_id).await?[0];
+    Ok(order_reply(
+        order_id,
+        status.unwrap_or(Status::Queued),
+        request_id,
+    ))
 }
 
 /// The 202 of an accepted order: its id and `queued`, its `Location` and the request's
 /// `X-Request-Id`. Public for the ingest baseline, which must answer exactly this.
 pub fn accepted(order_id: Uuid, request_id: String) -> Response {
-    let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
+    order_reply(order_id, Status::Queued, request_id)
+}
+
+/// The 202 of `POST /orders`: the order's id and `status`, its `Location`, the `X-Request-Id`.
+fn order_reply(order_id: Uuid, status: Status, request_id: String) -> Response {
+    let body = json(&serde_json::json!({"order_id": order_id, "status": status}));
     let location = format!("/orders/{order_id}");
     let reply = with_header(
         with_status(body, StatusCode::ACCEPTED),
@@ -87,8 +70,12 @@ pub fn accepted(order_id: Uuid, request_id: String) -> Response {
 }
 
 /// `POST /orders/batch`: a JSON array of up to 1,000 orders; all valid and enqueued, or none.
+/// An `Idempotency-Key` covers the whole batch, under the rules of `POST /orders`; a replay
+/// adds `statuses`, the current status of each order (`deleted` for one an admin deleted), and
+/// `status` is the one they share or `mixed`; every order deleted, it is a 410.
 pub async fn create_batch(
     body: Bytes,
+    idempotency_key: Option<String>,
     request_id: String,
     api: Arc<Api>,
 ) -> Result<Response, ApiError> {
@@ -112,23 +99,131 @@ pub async fn create_batch(
             message: format!("a batch holds 1 to {MAX_BATCH} orders"),
         });
     }
+    let key = checked_idempotency_key(idempotency_key)?;
+    // The batch as validated: the array of each order's canonical JSON. Plain strings and
+    // numbers: serialising cannot fail.
+    let canonical = key
+        .as_ref()
+        .map(|_| serde_json::to_string(&orders).unwrap_or_default());
     let now = OffsetDateTime::now_utc();
     let jobs: Vec<Job> = orders
         .into_iter()
         .map(|o| Job::accept(o, now, Some(request_id.clone())))
         .collect();
-    let outcome = api.queue.enqueue(&jobs, None).await?;
-    if outcome == Enqueued::QueueFull {
-        return Err(ApiError::QueueFull);
-    }
-    let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
-    metrics::counter!(crate::stats::ACCEPTED).increment(ids.len() as u64);
-    for id in &ids {
-        info!(api.log, "order accepted"; "order_id" => %id, "request_id" => &request_id);
-    }
-    let body = json(&serde_json::json!({"order_ids": ids, "status": "queued"}));
-    let reply = with_status(body, StatusCode::ACCEPTED);
+    let body = match enqueue_once(&api, &jobs, key.as_deref(), canonical).await? {
+        None => {
+            let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
+            metrics::counter!(crate::stats::ACCEPTED).increment(ids.len() as u64);
+            for id in &ids {
+                info!(api.log, "order accepted"; "order_id" => %id, "request_id" => &request_id);
+            }
+            serde_json::json!({"order_ids": ids, "status": Status::Queued})
+        }
+        Some(first) => {
+            let orders = replayed(&api, first, &request_id).await?;
+            let ids: Vec<Uuid> = orders.iter().map(|(id, _)| *id).collect();
+            let statuses: Vec<&str> = orders
+                .iter()
+                .map(|(_, s)| s.map_or("deleted", Status::as_str))
+                .collect();
+            let shared = statuses
+                .first()
+                .filter(|s| statuses.iter().all(|t| t == *s));
+            let status = shared.copied().unwrap_or("mixed");
+            serde_json::json!({"order_ids": ids, "status": status, "statuses": statuses})
+        }
+    };
+    let reply = with_status(json(&body), StatusCode::ACCEPTED);
     Ok(with_header(reply, super::REQUEST_ID, request_id).into_response())
+}
+
+/// The `Idempotency-Key` header, when sent: 1 to 255 printable ASCII characters, else a 400.
+fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let printable = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
+        return Err(ApiError::InvalidHeader(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )));
+    }
+    Ok(Some(key))
+}
+
+/// Enqueues `jobs`; with an idempotency key, remembers their ids and `canonical` (the request
+/// as validated) under it in the same script call. `None`: accepted now. `Some(ids)`: the key
+/// was used before with this same request, which made these orders; nothing was enqueued. The
+/// key used with another request (or on the other route) is a 409.
+async fn enqueue_once(
+    api: &Api,
+    jobs: &[Job],
+    key: Option<&str>,
+    canonical: Option<String>,
+) -> Result<Option<Vec<Uuid>>, ApiError> {
+    let replay = canonical.map(|body| Replay {
+        order_ids: jobs.iter().map(|j| j.order_id).collect(),
+        body,
+    });
+    match api.queue.enqueue(jobs, key.zip(replay.as_ref())).await? {
+        Enqueued::Accepted => Ok(None),
+        Enqueued::QueueFull => Err(ApiError::QueueFull),
+        Enqueued::Seen(first)
+            if replay.as_ref().is_some_and(|r| {
+                r.body == first.body && r.order_ids.len() == first.order_ids.len()
+            }) =>
+        {
+            Ok(Some(first.order_ids))
+        }
+        Enqueued::Seen(_) | Enqueued::SeenUnreadable => Err(ApiError::Conflict(
+            "this Idempotency-Key was used with a different body".into(),
+        )),
+    }
+}
+
+/// The orders an idempotent replay names, each with its current status (`None`: deleted); a
+/// 410 when none of them is left.
+async fn replayed(
+    api: &Api,
+    order_ids: Vec<Uuid>,
+    request_id: &str,
+) -> Result<Vec<(Uuid, Option<Status>)>, ApiError> {
+    let statuses = current_statuses(api, &order_ids).await?;
+    for id in &order_ids {
+        info!(api.log, "idempotent replay"; "order_id" => %id, "request_id" => request_id);
+    }
+    if statuses.iter().all(Option::is_none) {
+        return Err(ApiError::Gone(
+            "the orders this Idempotency-Key made have been deleted".into(),
+        ));
+    }
+    Ok(order_ids.into_iter().zip(statuses).collect())
+}
+
+/// The current status of each of these accepted orders, `None` for one that is gone: stored in
+/// PostgreSQL, else `queued` while in the pending hash (which holds every accepted order until
+/// a worker has stored it), else stored since (PostgreSQL is asked again, as [`find`] does).
+/// An accepted order in neither place was deleted by an admin: no tombstone is needed.
+async fn current_statuses(api: &Api, ids: &[Uuid]) -> Result<Vec<Option<Status>>, ApiError> {
+    let mut known = api.store.statuses_of(ids).await?;
+    let missing: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !known.contains_key(id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let pending = api.queue.pending_among(&missing).await?;
+        let mut unseen = Vec::new();
+        for (id, pending) in missing.into_iter().zip(pending) {
+            if pending {
+                known.insert(id, Status::Queued);
+            } else {
+                unseen.push(id);
+            }
+        }
+        if !unseen.is_empty() {
+            known.extend(api.store.statuses_of(&unseen).await?);
+        }
+    }
+    Ok(ids.iter().map(|id| known.get(id).copied()).collect())
 }
 
 #[derive(Deserialize)]

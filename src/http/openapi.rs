@@ -172,6 +172,7 @@ mod tests {
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed,
             ApiError::Conflict(String::new()),
+            ApiError::Gone(String::new()),
             ApiError::Unauthorized,
             ApiError::Forbidden(""),
             ApiError::QueueFull,
@@ -192,6 +193,7 @@ mod tests {
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed
             | ApiError::Conflict(_)
+            | ApiError::Gone(_)
             | ApiError::Unauthorized
             | ApiError::Forbidden(_)
             | ApiError::QueueFull
@@ -219,6 +221,7 @@ mod tests {
                     405 => "MethodNotAllowed",
                     408 => "RequestTimeout",
                     409 => "Conflict",
+                    410 => "Gone",
                     413 => "PayloadTooLarge",
                     415 => "UnsupportedMediaType",
                     422 => "UnprocessableEntity",

@@ -198,6 +198,7 @@ pub(super) fn router(
         .then(handlers::create_order);
     let batch = public(&ORDERS_BATCH, Method::POST)
         .and(json_body(MAX_BATCH_BODY, &api.body_budget))
+        .and(warp::header::optional::<String>("idempotency-key"))
         .and(request_id())
         .and(with_api.clone())
         .then(handlers::create_batch);

@@ -22,24 +22,39 @@ const ENQUEUE_REQUESTS: usize = 128;
 /// Orders one enqueue script call takes, at most (a request is never split).
 const ENQUEUE_ORDERS: usize = 2000;
 
-/// What an `Idempotency-Key` remembers: the order it made and the order as validated (its
-/// canonical JSON), so the same order sent with other spacing or key order counts as the same
-/// body. Kept in Redis as `"<order id> <canonical body>"`.
+/// What an `Idempotency-Key` remembers: the orders it made and the request as validated (its
+/// canonical JSON: an object for `POST /orders`, an array for `POST /orders/batch`), so the same
+/// request sent with other spacing or key order counts as the same body, and a key used on one
+/// route is another body on the other. Kept in Redis as `"<order id>[,<order id>…] <canonical
+/// body>"` (a record of one id is the format of before batches took keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {
-    pub order_id: Uuid,
+    pub order_ids: Vec<Uuid>,
     pub body: String,
 }
 
 impl Replay {
     fn encode(&self) -> String {
-        format!("{} {}", self.order_id, self.body)
+        let mut record = String::with_capacity(self.order_ids.len() * 37 + self.body.len());
+        for (i, id) in self.order_ids.iter().enumerate() {
+            if i > 0 {
+                record.push(',');
+            }
+            record.push_str(&id.to_string());
+        }
+        record.push(' ');
+        record.push_str(&self.body);
+        record
     }
 
     fn decode(record: &str) -> Option<Replay> {
-        let (id, body) = record.split_once(' ')?;
+        let (ids, body) = record.split_once(' ')?;
+        let order_ids = ids
+            .split(',')
+            .map(|id| Uuid::try_parse(id).ok())
+            .collect::<Option<Vec<Uuid>>>()?;
         Some(Replay {
-            order_id: Uuid::try_parse(id).ok()?,
+            order_ids,
             body: body.to_string(),
         })
     }
@@ -51,7 +66,7 @@ pub enum Enqueued {
     Accepted,
     /// Nothing enqueued: the queue is at its configured depth.
     QueueFull,
-    /// Nothing enqueued: the idempotency key was used before, by this order.
+    /// Nothing enqueued: the idempotency key was used before; what it remembers.
     Seen(Replay),
     /// Nothing enqueued: the idempotency key holds a record that is not a [`Replay`] (written by
     /// hand); as good as another body.
@@ -104,6 +119,16 @@ impl Queue {
             .hget(self.keys.pending(), order_id.to_string())
             .await?;
         Ok(payload.and_then(|p| Job::parse(&p).ok()))
+    }
+
+    /// Whether each of these orders is accepted and not yet acknowledged (in the pending hash),
+    /// in one round trip.
+    pub async fn pending_among(&self, order_ids: &[Uuid]) -> Result<Vec<bool>, QueueError> {
+        let mut pipe = redis::pipe();
+        for id in order_ids {
+            pipe.hexists(self.keys.pending(), id.to_string());
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
     }
 }
 
@@ -209,11 +234,19 @@ mod tests {
     #[test]
     fn a_replay_record_round_trips() {
         let replay = Replay {
-            order_id: Uuid::now_v7(),
+            order_ids: vec![Uuid::now_v7()],
             body: r#"{"customer_id":"c d","items":["a"],"total":1.00}"#.into(),
         };
         assert_eq!(Replay::decode(&replay.encode()), Some(replay));
+        let batch = Replay {
+            order_ids: vec![Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()],
+            body: r#"[{"customer_id":"c d","items":["a"],"total":1.00}]"#.into(),
+        };
+        assert_eq!(Replay::decode(&batch.encode()), Some(batch));
         assert_eq!(Replay::decode("not-an-id {}"), None);
         assert_eq!(Replay::decode("no-space"), None);
+        let id = Uuid::now_v7();
+        assert_eq!(Replay::decode(&format!("{id}, []")), None);
+        assert_eq!(Replay::decode(&format!("{id},x []")), None);
     }
 }

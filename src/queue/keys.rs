@@ -7,7 +7,7 @@
 //!   `GET /orders/{id}` sees an order as `queued` from the moment its POST returned;
 //! - `workers` and `heartbeat:<worker>`: live worker processes and their leases;
 //! - `scheduled`: sorted set of orders waiting to be retried, scored by due time (ms);
-//! - `idempotency:<key>`: the order an `Idempotency-Key` made, for 24 h;
+//! - `idempotency:<key>`: the orders an `Idempotency-Key` made (one, or a batch), for 24 h;
 //! - `dead`: dead letters (payload, errors, time);
 //! - `completed:<unix second>`: completions in that second, for "completed in the last minute";
 //! - `ack:<id>`: the marker of one acknowledgement, so a retried one does nothing twice.

@@ -230,14 +230,22 @@ impl Store {
 
     /// The stored status of an order; `None` when it has no row.
     async fn status_of(&self, order_id: Uuid) -> Result<Option<Status>, StoreError> {
+        Ok(self.statuses_of(&[order_id]).await?.remove(&order_id))
+    }
+
+    /// The stored status of each of these orders that has a row, in one query.
+    pub async fn statuses_of(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Status>, StoreError> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT status FROM orders WHERE order_id = $1",
-                &[&order_id],
+        let rows = client
+            .query(
+                "SELECT order_id, status FROM orders WHERE order_id = ANY($1)",
+                &[&ids],
             )
             .await?;
-        Ok(row.map(|r| Status::parse(r.get(0)).unwrap_or(Status::Failed)))
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), Status::parse(r.get(1)).unwrap_or(Status::Failed)))
+            .collect())
     }
 
     /// Deletes an order, its items and its notification; whether there was one.

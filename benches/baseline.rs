@@ -13,9 +13,8 @@
 //! the service, `orders::runtime`, with as many threads (`ORDERS_THREADS`, the same default), and
 //! the same accept loop and HTTP budgets (`orders::http::serve_filter`).
 
-use bytes::Bytes;
 use orders::http::{
-    accepted, json_body, recovered, request_id, serve_filter, ApiError, BodyBudget, Limits,
+    accepted, json_body, recovered, request_id, serve_filter, ApiError, Body, BodyBudget, Limits,
     MAX_BODY,
 };
 use orders::order::{Job, NewOrder};
@@ -25,7 +24,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 /// `POST /orders` without Redis.
-async fn create_order(body: Bytes, request_id: String) -> Result<Response, Rejection> {
+async fn create_order(body: Body, request_id: String) -> Result<Response, Rejection> {
     let order = NewOrder::parse(&body).map_err(|e| warp::reject::custom(ApiError::from(e)))?;
     let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()));
     // What the service would push; kept from being optimised away.

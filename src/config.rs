@@ -187,11 +187,26 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
         }
-        // A budget smaller than the largest body would refuse every such body, forever.
-        let largest = crate::http::MAX_BATCH_BODY as usize;
-        if self.http_body_budget_bytes < largest {
+        // Beyond a day a timeout is a mistake (and far enough beyond, a time that overflows).
+        let day = 24 * 3600 * 1000;
+        let timeouts = [
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_write_timeout_ms", self.http_write_timeout_ms),
+            ("http_body_timeout_ms", self.http_body_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v > day) {
             return Err(ConfigError::Invalid(format!(
-                "http_body_budget_bytes must be at least {largest} (the largest body accepted)"
+                "{name} must be at most {day} (a day)"
+            )));
+        }
+        // Three quarters of the budget are the batches': less than the largest body would
+        // refuse every such body, forever.
+        let least = crate::http::MAX_BATCH_BODY as usize * 2;
+        if self.http_body_budget_bytes < least {
+            return Err(ConfigError::Invalid(format!(
+                "http_body_budget_bytes must be at least {least} (the largest body accepted is \
+                 half that, and batches have three quarters of the budget)"
             )));
         }
         if !(1024..=1024 * 1024).contains(&self.http_max_header_bytes) {
@@ -328,6 +343,7 @@ mod tests {
         assert!(load(&[("ORDERS_HTTP_MAX_CONNECTIONS", "0")]).is_err());
         assert!(load(&[("ORDERS_HTTP_HEADER_TIMEOUT_MS", "0")]).is_err());
         assert!(load(&[("ORDERS_HTTP_MAX_HEADER_BYTES", "100")]).is_err());
+        assert!(load(&[("ORDERS_HTTP_WRITE_TIMEOUT_MS", "9999999999999")]).is_err());
         // Smaller than a full batch: every full batch would be refused.
         assert!(matches!(
             load(&[("ORDERS_HTTP_BODY_BUDGET_BYTES", "1000000")]),

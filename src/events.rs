@@ -68,9 +68,15 @@ impl Event {
     }
 }
 
-/// The line a customer notification writes (the stand-in for sending an email).
+/// The line a customer notification writes (the stand-in for sending an email). A customer id
+/// that could pass for more fields of a term log line (a comma, a colon, a quote) is quoted;
+/// control and invisible characters never get this far (order validation refuses them).
 pub fn notification_line(customer_id: &str, order_id: Uuid) -> String {
-    format!("Email sent to customer {customer_id} for Order #{order_id} - Status: completed")
+    if customer_id.contains([',', ':', '"', '\\']) {
+        format!("Email sent to customer {customer_id:?} for Order #{order_id} - Status: completed")
+    } else {
+        format!("Email sent to customer {customer_id} for Order #{order_id} - Status: completed")
+    }
 }
 
 /// Notifications recorded per transaction, at the most.
@@ -180,5 +186,25 @@ async fn send_notifications(
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_id_that_could_pass_for_fields_is_quoted_in_the_line() {
+        let id = Uuid::nil();
+        assert_eq!(
+            notification_line("cust-42", id),
+            format!("Email sent to customer cust-42 for Order #{id} - Status: completed")
+        );
+        assert_eq!(
+            notification_line("a, order_id: b", id),
+            format!(
+                "Email sent to customer \"a, order_id: b\" for Order #{id} - Status: completed"
+            )
+        );
     }
 }

@@ -145,9 +145,17 @@ async fn an_idle_flood_past_the_cap_is_answered_and_then_closed(port: u16) {
         opening.elapsed() < HEADER_TIMEOUT - Duration::from_secs(1),
         "the machine is too slow to open the flood within the header timeout"
     );
-    // Let the service take them all before asking.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let reply = request(port, &post_request("/orders", &order())).await;
+    // The service takes them from the kernel's queue in their order only while the queue holds
+    // them all (its backlog is 4,096; past it, SYN cookies let later ones in out of order), so a
+    // request may find a free place until the service has taken the whole flood.
+    let mut reply = Vec::new();
+    for _ in 0..30 {
+        reply = request(port, &post_request("/orders", &order())).await;
+        if status_of(&reply) != Some(202) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(status_of(&reply), Some(503), "{}", text(&reply));
     assert!(text(&reply).contains("\"overloaded\""), "{}", text(&reply));
     assert!(text(&reply).to_lowercase().contains("retry-after: 1"));
@@ -192,12 +200,14 @@ async fn an_idle_flood_past_the_cap_is_answered_and_then_closed(port: u16) {
     );
 }
 
-/// Full-size batch bodies sent to the last byte and then held: as many as the byte budget holds
-/// are read (and answered 408 at their deadline); the rest are refused at once with 503.
+/// Full-size batch bodies sent to the last byte and then held: as many as the batches' three
+/// quarters of the byte budget hold are read (and answered 408 at their deadline); the rest are
+/// refused with 503 as they outgrow it; meanwhile single orders, which have the last quarter to
+/// themselves, are still accepted.
 async fn half_sent_bodies_stay_within_the_byte_budget(port: u16) {
-    let fit = BODY_BUDGET / MAX_BATCH_BODY;
+    let fit = BODY_BUDGET * 3 / 4 / MAX_BATCH_BODY;
     let mut senders = Vec::new();
-    for _ in 0..fit + 24 {
+    for _ in 0..fit + 16 {
         senders.push(tokio::spawn(async move {
             let mut stream = connect(port).await;
             let head = format!(
@@ -205,22 +215,21 @@ async fn half_sent_bodies_stay_within_the_byte_budget(port: u16) {
                  Content-Length: {MAX_BATCH_BODY}\r\n\r\n"
             );
             stream.write_all(head.as_bytes()).await.unwrap();
-            // The budget is taken when the head is read: a refusal comes before any body.
-            let mut reply = Vec::new();
-            let early =
-                tokio::time::timeout(Duration::from_millis(500), stream.read_to_end(&mut reply))
-                    .await;
-            if early.is_ok() {
-                return (status_of(&reply), Duration::ZERO);
-            }
             let started = Instant::now();
             let mut body = vec![b' '; MAX_BATCH_BODY - 1];
             body[0] = b'[';
+            // A refusal comes while the body is being sent: the write may fail then.
             let _ = stream.write_all(&body).await;
             let reply = read_all(&mut stream).await;
             (status_of(&reply), started.elapsed())
         }));
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        post(port, "/orders", &order()).await,
+        Some(202),
+        "one order while the batches hold their budget"
+    );
     let mut held = 0;
     let mut refused = 0;
     for sender in senders {
@@ -230,11 +239,12 @@ async fn half_sent_bodies_stay_within_the_byte_budget(port: u16) {
                 let allowed = BODY_TIMEOUT + Duration::from_secs(1) + SLACK;
                 assert!(took <= allowed, "a held body took {took:?}");
             }
-            (Some(503), _) => refused += 1,
+            // The 503, or the reset of a connection answered before its body was all sent.
+            (Some(503) | None, _) => refused += 1,
             other => panic!("a half-sent body got {other:?}"),
         }
     }
-    assert_eq!((held, refused), (fit, 24));
+    assert_eq!((held, refused), (fit, 16));
     let batch = format!("[{}]", order());
     assert_eq!(
         post(port, "/orders/batch", &batch).await,

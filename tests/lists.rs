@@ -107,3 +107,32 @@ async fn list_filters_by_status_and_customer_and_pages_newest_first() {
     assert!(text.contains(r#""total":2.50"#), "{text}");
     app.cleanup().await;
 }
+
+/// A page stops short of its limit rather than grow past about 256 KiB (orders of 100 long items
+/// would make a page of 500 a 6 MB response), and the cursor still reaches every order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_large_orders_stops_at_about_256_kib() {
+    let app = TestApp::spawn_with(Roles::ALL, &[]).await;
+    let items: Vec<String> = (0..100)
+        .map(|i| format!("{i:03}{}", "x".repeat(125)))
+        .collect();
+    let order = json!({"customer_id": "c-large", "items": items, "total": 1});
+    let batch = Value::Array(vec![order; 120]);
+    let response = app.post_json("/orders/batch", &batch).await;
+    assert_eq!(response.status(), 202);
+    wait_until("the batch to complete", Duration::from_secs(30), || async {
+        app.count_status("completed").await == 120
+    })
+    .await;
+    let first: Value = app.get_json("/orders?limit=500").await;
+    let shown = first["orders"].as_array().unwrap().len();
+    assert!(
+        (1..120).contains(&shown),
+        "{shown} orders on the first page"
+    );
+    assert!(first["next_cursor"].is_string());
+    let all = page_through(&app, "/orders?", 500).await;
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (120, 120));
+    app.cleanup().await;
+}

@@ -1,12 +1,12 @@
 //! The handlers: plain async functions from parsed input to a reply or an [`ApiError`]. The
 //! router has checked the admin token of an admin operation before its handler runs.
 
+use super::Body;
 use super::{Api, ApiError, MAX_BATCH};
 use crate::events::Event;
 use crate::order::{Job, NewOrder, Status};
 use crate::queue::{Enqueued, Removal, Replay};
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
-use bytes::Bytes;
 use serde::Deserialize;
 use slog::{info, warn};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// within 24 h answer the first order's id with its current status and enqueue nothing; another
 /// body is a 409; the order having been deleted since, a 410.
 pub async fn create_order(
-    body: Bytes,
+    body: Body,
     idempotency_key: Option<String>,
     request_id: String,
     api: Arc<Api>,
@@ -74,7 +74,7 @@ fn order_reply(order_id: Uuid, status: Status, request_id: String) -> Response {
 /// adds `statuses`, the current status of each order (`deleted` for one an admin deleted), and
 /// `status` is the one they share or `mixed`; every order deleted, it is a 410.
 pub async fn create_batch(
-    body: Bytes,
+    body: Body,
     idempotency_key: Option<String>,
     request_id: String,
     api: Arc<Api>,
@@ -340,7 +340,7 @@ struct StatusChange {
 /// `PUT /orders/{id}/status` with `{"status": "cancelled"}`.
 pub async fn set_status(
     id: String,
-    body: Bytes,
+    body: Body,
     request_id: String,
     api: Arc<Api>,
 ) -> Result<Response, ApiError> {

@@ -23,7 +23,7 @@ mod routes;
 mod server;
 
 pub use auth::AdminAuth;
-pub use body::{json_body, BodyBudget};
+pub use body::{json_body, Body, BodyBudget};
 pub use error::{recover, recovered, ApiError};
 pub use handlers::accepted;
 pub use request_id::{request_id, REQUEST_ID};

@@ -164,7 +164,12 @@ pub async fn serve<F>(
     loop {
         let (stream, addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    slog::error!(log, "a connection task failed"; "error" => %e);
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -236,8 +241,7 @@ async fn connection<S>(
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
-    let open = metrics::gauge!(crate::stats::CONNECTIONS_OPEN);
-    open.increment(1.0);
+    let _open = OpenConnection::count();
     let evicted = match &lane {
         Lane::Full(_) => None,
         Lane::Overflow(place) => Some(place.evicted.clone()),
@@ -245,7 +249,8 @@ async fn connection<S>(
     let overflow = evicted.is_some();
     let handler = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(Peer(addr));
-        let answer = if overflow && request.uri().path() != "/healthz" {
+        let health = request.uri().path().trim_end_matches('/') == "/healthz";
+        let answer = if overflow && !health {
             Err(refuse_overflow(&request))
         } else {
             Ok(service.clone().call(request))
@@ -284,8 +289,25 @@ async fn connection<S>(
             let _ = conn.await;
         }
     }
-    open.decrement(1.0);
     drop(lane);
+}
+
+/// One connection in the open-connections gauge, for as long as its task lives (also when it is
+/// aborted at the shutdown deadline).
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn count() -> OpenConnection {
+        let gauge = metrics::gauge!(crate::stats::CONNECTIONS_OPEN);
+        gauge.increment(1.0);
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// The answer of the overflow lane to anything but `/healthz` (this is also how `/readyz` fails
@@ -304,14 +326,20 @@ fn refuse_overflow(request: &hyper::Request<Incoming>) -> Response {
     response
 }
 
-/// A stream whose writes fail once the peer has not taken any bytes for `timeout`: a client
-/// that stops reading its responses cannot hold a connection and its buffers forever. The
-/// timer is armed only while a write waits, so a reading client costs nothing.
+/// A stream whose writes fail once the peer has taken less than [`WRITE_PROGRESS`] bytes in
+/// `timeout` while a write waits: a client that stops reading its responses, or reads a byte
+/// now and then, cannot hold a connection and its buffers forever. The timer is armed only
+/// while a write waits, so a reading client costs nothing.
 struct WriteDeadline {
     stream: TcpStream,
     timeout: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Bytes written since the timer was armed.
+    progress: usize,
 }
+
+/// What a client must read within the write timeout for the timer to start again.
+const WRITE_PROGRESS: usize = 16 * 1024;
 
 impl WriteDeadline {
     fn new(stream: TcpStream, timeout: Duration) -> WriteDeadline {
@@ -319,6 +347,7 @@ impl WriteDeadline {
             stream,
             timeout,
             stalled: None,
+            progress: 0,
         }
     }
 
@@ -335,7 +364,7 @@ impl WriteDeadline {
         ))
     }
 
-    fn on_write<T>(
+    fn on_write<T: Written>(
         &mut self,
         cx: &mut Context<'_>,
         result: Poll<io::Result<T>>,
@@ -343,11 +372,44 @@ impl WriteDeadline {
         match result {
             Poll::Pending => self.poll_stall(cx).map(Err),
             done => {
-                // Progress: the next stall gets the whole timeout again.
-                self.stalled = None;
+                if let Poll::Ready(Ok(n)) = &done {
+                    self.progress += n.bytes();
+                }
+                // Enough progress, or all written (a flush): the next stall gets the whole
+                // timeout again.
+                let flushed = matches!(&done, Poll::Ready(Ok(n)) if n.is_flush());
+                if flushed || self.stalled.is_none() || self.progress >= WRITE_PROGRESS {
+                    self.stalled = None;
+                    self.progress = 0;
+                }
                 done
             }
         }
+    }
+}
+
+/// What a write call reports it wrote.
+trait Written {
+    fn bytes(&self) -> usize;
+    /// A flush or shutdown: everything written is with the kernel.
+    fn is_flush(&self) -> bool;
+}
+
+impl Written for usize {
+    fn bytes(&self) -> usize {
+        *self
+    }
+    fn is_flush(&self) -> bool {
+        false
+    }
+}
+
+impl Written for () {
+    fn bytes(&self) -> usize {
+        0
+    }
+    fn is_flush(&self) -> bool {
+        true
     }
 }
 

@@ -63,6 +63,11 @@ impl OrderView {
     }
 }
 
+/// About the most bytes of orders one page of `GET /orders` holds: a page is cut short of its
+/// limit, with a cursor to the rest, rather than grow past it (500 ordinary orders take about
+/// 150 KB).
+pub const PAGE_BYTES: usize = 256 * 1024;
+
 const ORDER_COLUMNS: &str = "o.order_id, o.customer_id, (o.total * 100)::int8 AS total_cents, \
      o.status, o.attempts, o.last_error, o.accepted_at, o.processing_started_at, \
      o.completed_at, o.updated_at, \
@@ -177,8 +182,17 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client.query(&sql, &params).await?;
         let mut orders: Vec<OrderView> = rows.iter().map(OrderView::from_row).collect();
-        let next = if orders.len() as i64 > query.limit {
-            orders.truncate(query.limit as usize);
+        // At most `limit` orders, and no more than PAGE_BYTES of them (past the first): a page
+        // of 500 orders of 100 long items each would be a 25 MB response, held until the client
+        // has read it.
+        let mut bytes = 0;
+        let fits = orders.iter().position(|o| {
+            bytes += 256 + o.customer_id.len() + o.items.iter().map(|i| i.len() + 8).sum::<usize>();
+            bytes > PAGE_BYTES
+        });
+        let keep = (query.limit as usize).min(fits.map_or(usize::MAX, |i| i.max(1)));
+        let next = if orders.len() > keep {
+            orders.truncate(keep);
             orders.last().map(|o| Cursor {
                 accepted_at: o.accepted_at,
                 order_id: o.order_id,

@@ -127,6 +127,8 @@ impl Probe {
         if roles.worker {
             // Claims, acknowledgement, retries, dead letters, leases, the reaper, repair.
             probe.key_check(&["BLMOVE", queue, &processing, "RIGHT", "LEFT", "1"]);
+            // What deadpool-redis sends when it recycles a blocking connection.
+            probe.command(&["UNWATCH"]);
             probe.key_check(&["LRANGE", queue, "-1", "-1"]);
             probe.key_check(&["LTRIM", queue, "0", "-1"]);
             probe.key_check(&["LPUSH", &processing, "x"]);

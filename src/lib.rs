@@ -118,10 +118,7 @@ pub enum StartError {
 }
 
 fn hint(e: &queue::ProbeError) -> String {
-    match e.hint() {
-        "" => String::new(),
-        hint => format!("; {hint}"),
-    }
+    e.acl_hint().map(|h| format!("; {h}")).unwrap_or_default()
 }
 
 /// A started service.

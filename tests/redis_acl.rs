@@ -263,6 +263,10 @@ async fn a_user_or_node_that_cannot_serve_the_roles_is_refused_at_start() {
     ] {
         assert!(output.contains(named), "the start-up error names {named}");
     }
+    assert!(
+        output.contains("ACL needs +publish &order.cancelled &order.completed &order.failed"),
+        "the start-up error says what the ACL line needs"
+    );
 
     // Everything but the scripts.
     set_user(

@@ -17,6 +17,8 @@ static PROBE: Lua = Lua::new(include_str!("probe.lua"));
 #[derive(Debug, Clone)]
 pub struct Probe {
     key: String,
+    /// `~{prefix}:*`, the key pattern the ACL must allow.
+    key_pattern: String,
     checks: Vec<Check>,
 }
 
@@ -25,14 +27,17 @@ pub struct Probe {
 struct Check {
     words: Vec<String>,
     what: String,
+    /// The ACL rules that allow it (the check cannot tell which one is missing).
+    rules: Vec<String>,
 }
 
 /// Why Redis cannot serve this process.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// The ACL user lacks these permissions (each named with its key or channel).
-    #[error("missing permission: {}", .0.join(", "))]
-    Missing(Vec<String>),
+    /// The ACL user lacks these permissions (each named with its key or channel); `rules` are
+    /// the ACL rules that would allow them.
+    #[error("missing permission: {}", .missing.join(", "))]
+    Missing { missing: Vec<String>, rules: String },
     /// The node refuses writes: a replica.
     #[error("read-only replica: this node cannot take writes (a replica?): set ORDERS_REDIS_MODE=cluster|sentinel, or point REDIS_URL at the primary")]
     ReadOnly(#[source] redis::RedisError),
@@ -48,13 +53,16 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// What the ACL line needs, for the start-up error.
-    pub fn hint(&self) -> &'static str {
+    /// What the Redis user's ACL line needs, for the start-up error.
+    pub fn acl_hint(&self) -> Option<String> {
         match self {
-            ProbeError::Missing(_) | ProbeError::Scripts(_) => {
-                "grant them to the Redis user (README, Redis ACL: the least-privilege line)"
+            ProbeError::Missing { rules, .. } => Some(format!(
+                "the Redis user's ACL needs {rules} (README: the least-privilege ACL line)"
+            )),
+            ProbeError::Scripts(_) => {
+                Some("the Redis user's ACL needs +evalsha +script|load".into())
             }
-            _ => "",
+            _ => None,
         }
     }
 }
@@ -94,6 +102,7 @@ impl Probe {
         );
         let mut probe = Probe {
             key: key.clone(),
+            key_pattern: format!("~{}*", keys.tag()),
             checks: Vec::new(),
         };
         // First: the probe's own write (probe.lua relies on it being check 1).
@@ -166,12 +175,12 @@ impl Probe {
         probe
     }
 
-    fn push(&mut self, words: &[&str], what: String) {
+    fn push(&mut self, words: &[&str], what: String, rules: Vec<String>) {
         if self.checks.iter().any(|c| c.words == words) {
             return;
         }
         let words = words.iter().map(|w| w.to_string()).collect();
-        self.checks.push(Check { words, what });
+        self.checks.push(Check { words, what, rules });
     }
 
     /// A command that names no key or channel.
@@ -181,24 +190,33 @@ impl Probe {
             [cmd, ..] => cmd.to_string(),
             [] => return,
         };
-        self.push(words, what);
+        let rule = format!("+{}", what.to_lowercase().replace(' ', "|"));
+        self.push(words, what, vec![rule]);
     }
 
     /// A command on the key that is its first argument.
     fn key_check(&mut self, words: &[&str]) {
         let what = format!("{} on key {}", words[0], words[1]);
-        self.push(words, what);
+        let rules = vec![
+            format!("+{}", words[0].to_lowercase()),
+            self.key_pattern.clone(),
+        ];
+        self.push(words, what, rules);
     }
 
     /// PUBLISH or SUBSCRIBE on a channel.
     fn channel_check(&mut self, command: &str, channel: &str) {
         let what = format!("{command} on channel {channel}");
+        let rules = vec![
+            format!("+{}", command.to_lowercase()),
+            format!("&{channel}"),
+        ];
         let words: &[&str] = if command == "PUBLISH" {
             &[command, channel, "x"]
         } else {
             &[command, channel]
         };
-        self.push(words, what);
+        self.push(words, what, rules);
     }
 }
 
@@ -210,17 +228,24 @@ impl Queue {
             call.arg(check.words.len()).arg(&check.words);
         }
         let reply: Vec<usize> = call.run(&mut self.conn()).await?;
-        let missing: Vec<String> = reply
+        let refused: Vec<&Check> = reply
             .iter()
             .skip(1)
             .filter_map(|&n| probe.checks.get(n.wrapping_sub(1)))
-            .map(|check| check.what.clone())
             .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(ProbeError::Missing(missing))
+        if refused.is_empty() {
+            return Ok(());
         }
+        let mut rules: Vec<&str> = Vec::new();
+        for rule in refused.iter().flat_map(|c| &c.rules) {
+            if !rules.contains(&rule.as_str()) {
+                rules.push(rule);
+            }
+        }
+        Err(ProbeError::Missing {
+            missing: refused.iter().map(|c| c.what.clone()).collect(),
+            rules: rules.join(" "),
+        })
     }
 }
 

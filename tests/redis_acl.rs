@@ -345,3 +345,68 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A publish the ACL refuses, in the acknowledgement or the dead-letter step, leaves everything
+/// as it was (a Lua error is not rolled back, so nothing may be written before it), and the same
+/// call goes through whole once the permission is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_leaves_no_trace() {
+    let cluster = Cluster::start("acl-refused-publish", Fsync::EverySec).await;
+    let mut rules = vec!["on", ">orders-test-secret"];
+    rules.extend(LEAST_PRIVILEGE);
+    rules.extend(["resetchannels", "&order.cancelled"]);
+    set_user(&cluster, "orders", &rules).await;
+    let env = env_as(&cluster, "orders");
+    let config = orders::config::Config::load_from(|k| env.get(k).cloned()).unwrap();
+    let queue = orders::queue::Queue::connect(&config)
+        .await
+        .unwrap()
+        .for_worker("w", "order.completed", "order.failed");
+    let mut redis = cluster.redis().await;
+    let (processing, pending, dead) = (
+        cluster.key("processing:w"),
+        cluster.key("pending"),
+        cluster.key("dead"),
+    );
+    let (done_id, failed_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let (done, failed) = (b"done-payload".to_vec(), b"failed-payload".to_vec());
+    for (id, payload) in [(done_id, &done), (failed_id, &failed)] {
+        let () = redis.lpush(&processing, payload).await.unwrap();
+        let () = redis.hset(&pending, id.to_string(), payload).await.unwrap();
+    }
+    let acks = [orders::queue::Ack {
+        payload: &done,
+        order_id: done_id,
+        event: Some(json!({"order_id": done_id}).to_string()),
+    }];
+    let errors = ["gave up".to_string()];
+    let event = json!({"order_id": failed_id}).to_string();
+    let marker = cluster.key("ack:a1");
+
+    let refused = queue.publish_and_acknowledge(&acks, "a1").await;
+    assert!(refused.is_err(), "the acknowledgement's publish is refused");
+    let refused = queue
+        .dead_letter_and_publish(&failed, Some(failed_id), &errors, Some(&event))
+        .await;
+    assert!(refused.is_err(), "the dead letter's publish is refused");
+    let held: usize = redis.llen(&processing).await.unwrap();
+    let still_pending: usize = redis.hlen(&pending).await.unwrap();
+    let dead_letters: usize = redis.llen(&dead).await.unwrap();
+    let marked: bool = redis.exists(&marker).await.unwrap();
+    assert_eq!(
+        (held, still_pending, dead_letters, marked),
+        (2, 2, 0, false)
+    );
+
+    set_user(&cluster, "orders", &["&order.completed", "&order.failed"]).await;
+    queue.publish_and_acknowledge(&acks, "a1").await.unwrap();
+    queue
+        .dead_letter_and_publish(&failed, Some(failed_id), &errors, Some(&event))
+        .await
+        .unwrap();
+    let held: usize = redis.llen(&processing).await.unwrap();
+    let still_pending: usize = redis.hlen(&pending).await.unwrap();
+    let dead_letters: usize = redis.llen(&dead).await.unwrap();
+    let marked: bool = redis.exists(&marker).await.unwrap();
+    assert_eq!((held, still_pending, dead_letters, marked), (0, 0, 1, true));
+}

@@ -162,10 +162,16 @@ pub async fn start(
     let queue = queue::Queue::connect(config).await?;
     // A missing permission otherwise shows only after orders were completed (no event, no ack).
     let probe = Arc::new(queue::Probe::new(config, roles));
-    queue
+    let acl_checked = queue
         .probe(&probe)
         .await
         .map_err(|source| StartError::Redis { source })?;
+    if !acl_checked {
+        slog::warn!(
+            log,
+            "Redis before 7 cannot check ACLs: permissions not probed"
+        );
+    }
     tokio::spawn(stats::keep_up(shutdown.clone()));
     let mut set = JoinSet::new();
     let mut addr = None;

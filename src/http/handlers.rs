@@ -468,7 +468,7 @@ pub async fn ready(api: Arc<Api>) -> Response {
     // The probe, not a bare PING: a Redis that answers but refuses a permission, or a replica,
     // cannot serve the roles either.
     let redis = match api.queue.probe(&api.probe).await {
-        Ok(()) => "ok".to_string(),
+        Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
     let postgres = match api.store.ready().await {

@@ -221,8 +221,9 @@ impl Probe {
 }
 
 impl Queue {
-    /// Runs `probe` in one round trip: `Ok` when Redis lets this process do all it will do.
-    pub async fn probe(&self, probe: &Probe) -> Result<(), ProbeError> {
+    /// Runs `probe` in one round trip: `Ok` when Redis lets this process do all it will do, with
+    /// whether it could check the ACLs (false before Redis 7: only the write was checked).
+    pub async fn probe(&self, probe: &Probe) -> Result<bool, ProbeError> {
         let mut call = PROBE.call(&[&probe.key]);
         for check in &probe.checks {
             call.arg(check.words.len()).arg(&check.words);
@@ -234,7 +235,7 @@ impl Queue {
             .filter_map(|&n| probe.checks.get(n.wrapping_sub(1)))
             .collect();
         if refused.is_empty() {
-            return Ok(());
+            return Ok(reply.first() == Some(&1));
         }
         let mut rules: Vec<&str> = Vec::new();
         for rule in refused.iter().flat_map(|c| &c.rules) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 /// An order `processing` in PostgreSQL for this many leases with no trace in Redis is lost there:
 /// a live worker renews its lease every third of one, and a dead one's orders go back to the
 /// queue (and to `processing` again, with a new start time) within about one and a half.
-pub(super) const REPAIR_AFTER_LEASES: u32 = 3;
+const REPAIR_AFTER_LEASES: u32 = 3;
 
 /// Orders one repair sweep looks at, at most.
 const REPAIR_BATCH: i64 = 1000;

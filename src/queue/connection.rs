@@ -155,9 +155,7 @@ impl BlockingConnection {
                 let reply = cmd.query_async(conn).await;
                 if let Err(e) = &reply {
                     // The loop reconnects after an error: to the new primary, if there is one.
-                    if failover_may_explain(e) {
-                        primary.refresh(*generation).await;
-                    }
+                    primary.noticed(*generation, e).await;
                 }
                 reply
             }
@@ -289,9 +287,7 @@ impl Deployment {
                         generation: current.generation,
                     },
                     Err(e) => {
-                        if failover_may_explain(&e) {
-                            primary.refresh(current.generation).await;
-                        }
+                        primary.noticed(current.generation, &e).await;
                         return Err(e.into());
                     }
                 }
@@ -321,13 +317,11 @@ impl Deployment {
             }
             Deployment::Sentinel(primary) => {
                 let current = primary.current();
-                match current.client.get_async_pubsub().await {
-                    Err(e) if failover_may_explain(&e) => {
-                        primary.refresh(current.generation).await;
-                        Err(e)
-                    }
-                    other => other,
+                let pubsub = current.client.get_async_pubsub().await;
+                if let Err(e) = &pubsub {
+                    primary.noticed(current.generation, e).await;
                 }
+                pubsub
             }
         }
     }
@@ -399,6 +393,14 @@ impl Primary {
                 }
             }
             other => other,
+        }
+    }
+
+    /// After `e` on a connection made at `generation`: resolves the primary again when a
+    /// failover may explain it, so that the next connection goes to the new one.
+    async fn noticed(&self, generation: u64, e: &RedisError) {
+        if failover_may_explain(e) {
+            self.refresh(generation).await;
         }
     }
 

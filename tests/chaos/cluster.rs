@@ -4,6 +4,7 @@
 //! the [`Cluster`] is dropped, panic or not.
 
 use crate::common::process::{dying_with_us, free_port, signal, wait_child, Process};
+pub use crate::common::temp::TempDir;
 use crate::common::wait_until;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,30 +17,6 @@ use std::time::Duration;
 fn pg_bin(tool: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "orders-chaos-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Who PostgreSQL runs as: itself refuses to run as root, so a root test runs it as the
@@ -88,16 +65,28 @@ pub enum Fsync {
 pub struct RedisServer {
     pub port: u16,
     fsync: Fsync,
+    /// Set: the server speaks TLS only (`--port 0 --tls-port <port>`), with these files.
+    tls: Option<RedisTls>,
     dir: TempDir,
     log: PathBuf,
     child: Option<Child>,
 }
 
+/// The PEM files of a TLS-only Redis: its certificate and key, and the CA it and its clients
+/// trust (clients may present a certificate: `--tls-auth-clients optional`).
+#[derive(Clone)]
+pub struct RedisTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl RedisServer {
-    async fn start(log_dir: &Path, fsync: Fsync) -> RedisServer {
+    async fn start(log_dir: &Path, fsync: Fsync, tls: Option<RedisTls>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             fsync,
+            tls,
             dir: TempDir::new("redis"),
             log: log_dir.join("redis.log"),
             child: None,
@@ -112,8 +101,21 @@ impl RedisServer {
             Fsync::EverySec => "everysec",
             Fsync::Always => "always",
         };
-        let child = dying_with_us("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = dying_with_us("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "optional"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--appendonly", "yes", "--appendfsync", fsync, "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
@@ -127,7 +129,27 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of this server (trusting its CA when it speaks TLS).
+    pub fn client(&self) -> redis::Client {
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca).expect("read the CA certificate")),
+                },
+            ),
+        };
+        client.expect("a client of the private redis")
     }
 
     /// Waits until the server answers PING (after loading its append-only file).
@@ -151,7 +173,7 @@ impl RedisServer {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        redis::Client::open(self.url())?
+        self.client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }
@@ -350,6 +372,11 @@ impl Cluster {
     /// Starts both servers. Logs go to `target/chaos-logs/<scenario>/`; the previous run's move
     /// to `<scenario>.previous/`, so that a rare failure survives one more run.
     pub async fn start(scenario: &str, fsync: Fsync) -> Cluster {
+        Self::start_with(scenario, fsync, None).await
+    }
+
+    /// [`Cluster::start`], with a Redis that speaks TLS only when `tls` is given.
+    pub async fn start_with(scenario: &str, fsync: Fsync, tls: Option<RedisTls>) -> Cluster {
         let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-logs");
         let log_dir = logs.join(scenario);
         let previous = logs.join(format!("{scenario}.previous"));
@@ -358,7 +385,7 @@ impl Cluster {
         let servers = log_dir.join("servers");
         std::fs::create_dir_all(&servers).expect("create the log dir");
         let (redis, postgres) = tokio::join!(
-            RedisServer::start(&servers, fsync),
+            RedisServer::start(&servers, fsync, tls),
             PostgresServer::start(&servers),
         );
         Cluster {

@@ -17,7 +17,7 @@ pub const COMPLETED_CHANNEL: &str = "order.completed";
 /// A subscriber to `order.completed` on the cluster's Redis, which counts events per order id
 /// and subscribes again when Redis restarts.
 pub async fn subscribe(cluster: &Cluster) -> Events {
-    Events::subscribe(&cluster.redis.url(), COMPLETED_CHANNEL).await
+    Events::subscribe_with(cluster.redis.client(), COMPLETED_CHANNEL).await
 }
 
 /// Whether every completed order must have had its event seen by the test's subscriber.

@@ -6,15 +6,16 @@ mod lifecycle;
 mod lookup;
 mod notifications;
 mod stats;
+mod tls;
 
 pub use lifecycle::CancelOutcome;
 pub use lookup::{Cursor, ListQuery, OrderView};
 pub use stats::{OrderStats, Timing, STATS_WINDOW};
+pub use tls::UrlError;
 
 use crate::config::Config;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -30,8 +31,10 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("migrations: {0}")]
     Migration(#[from] refinery::Error),
-    #[error("postgres configuration: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("postgres pool")]
+    PoolBuild(#[source] deadpool_postgres::BuildError),
 }
 
 /// tokio-postgres says only "db error" for a server error; the server's message is in the source.
@@ -70,15 +73,15 @@ pub struct Store {
 impl Store {
     /// Builds the pool; connections are opened lazily, so this succeeds with PostgreSQL down.
     pub fn new(config: &Config) -> Result<Store, StoreError> {
-        let mut pg: tokio_postgres::Config = config
-            .database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let tls::Connection {
+            config: mut pg,
+            tls,
+        } = tls::connection(&config.database_url)?;
         pg.options(session_options(config.db_statement_timeout_ms));
         pg.connect_timeout(Duration::from_secs(3));
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -90,7 +93,7 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+            .map_err(StoreError::PoolBuild)?;
         Ok(Store { pool })
     }
 
@@ -117,22 +120,108 @@ impl Store {
         (status.size.saturating_sub(status.available), status.waiting)
     }
 
-    /// Whether PostgreSQL answers and every embedded migration is applied.
-    pub async fn ready(&self) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
+    /// Whether the service can use PostgreSQL, and if not why: unreachable, behind on
+    /// migrations, or read-only (a standby, or `default_transaction_read_only`), where every
+    /// write of a worker would fail. One round trip when the schema history exists.
+    pub async fn ready(&self) -> Readiness {
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(e) => return Readiness::Unreachable(crate::telemetry::cause_chain(&e)),
+        };
         let latest = embedded::migrations::runner()
             .get_migrations()
             .iter()
             .map(|m| m.version() as i64)
             .max()
             .unwrap_or(0);
-        let row = client
-            .query_opt(
-                "SELECT max(version)::int8 FROM refinery_schema_history",
+        let checked = client
+            .query_one(
+                "SELECT (SELECT max(version)::int8 FROM refinery_schema_history), \
+                        pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
                 &[],
             )
             .await;
-        Ok(matches!(row, Ok(Some(r)) if r.get::<_, Option<i64>>(0) == Some(latest)))
+        let (applied, in_recovery, read_only) = match checked {
+            Ok(row) => (row.get::<_, Option<i64>>(0), row.get(1), row.get(2)),
+            // No schema history yet: nothing applied; the rest still matters.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                match client
+                    .query_one(
+                        "SELECT pg_is_in_recovery(), \
+                                current_setting('transaction_read_only') = 'on'",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(row) => (None, row.get(0), row.get(1)),
+                    Err(e) => return Readiness::from_error(e),
+                }
+            }
+            Err(e) => return Readiness::from_error(e),
+        };
+        if in_recovery {
+            Readiness::ReadOnly("in recovery")
+        } else if read_only {
+            Readiness::ReadOnly("default_transaction_read_only is on")
+        } else if applied != Some(latest) {
+            Readiness::MigrationsPending { applied, latest }
+        } else {
+            Readiness::Ready
+        }
+    }
+}
+
+/// What [`Store::ready`] found. Its text is the `postgres` field of `/readyz`: `ok`, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// No connection (refused, timed out, TLS or authentication failed), with the cause chain.
+    Unreachable(String),
+    MigrationsPending {
+        applied: Option<i64>,
+        latest: i64,
+    },
+    /// Connected, but writes would fail.
+    ReadOnly(&'static str),
+    /// Connected, and the check itself failed (a statement time-out, a missing privilege).
+    CheckFailed(String),
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        *self == Readiness::Ready
+    }
+
+    fn from_error(e: tokio_postgres::Error) -> Readiness {
+        let unreachable = e.as_db_error().is_none();
+        let text = crate::telemetry::cause_chain(&StoreError::Postgres(e));
+        if unreachable {
+            Readiness::Unreachable(text)
+        } else {
+            Readiness::CheckFailed(text)
+        }
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Ready => f.write_str("ok"),
+            Readiness::Unreachable(why) => write!(f, "not reachable: {why}"),
+            Readiness::MigrationsPending {
+                applied: None,
+                latest,
+            } => write!(f, "migrations not applied (none of {latest})"),
+            Readiness::MigrationsPending {
+                applied: Some(applied),
+                latest,
+            } => write!(
+                f,
+                "migrations not applied (at version {applied}, this build needs {latest})"
+            ),
+            Readiness::ReadOnly(why) => write!(f, "read-only ({why})"),
+            Readiness::CheckFailed(why) => write!(f, "readiness check failed: {why}"),
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 use percent_encoding::percent_decode_str;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -284,26 +284,7 @@ enum Check {
 /// rustls features cannot make the default ambiguous (rustls then panics).
 fn client_config(params: &TlsParams) -> Result<ClientConfig, UrlError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let check = match params.mode {
-        SslMode::Disable => Check::Nothing,
-        SslMode::Prefer | SslMode::Require if params.explicit_roots => Check::Chain,
-        SslMode::Prefer | SslMode::Require => Check::Nothing,
-        SslMode::VerifyCa => Check::Chain,
-        SslMode::VerifyFull => Check::ChainAndName,
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match check {
-        Check::Nothing => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
-        Check::Chain | Check::ChainAndName => {
-            let roots = Arc::new(root_store(&params.roots)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| UrlError::Tls(rustls::Error::General(e.to_string())))?;
-            match check {
-                Check::Chain => Arc::new(ChainOnly(webpki)),
-                _ => webpki,
-            }
-        }
-    };
+    let verifier = verifier(params, &provider)?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(UrlError::Tls)?
@@ -324,6 +305,37 @@ fn client_config(params: &TlsParams) -> Result<ClientConfig, UrlError> {
                 .map_err(UrlError::Tls)
         }
     }
+}
+
+/// What checks the server's certificate in `params.mode`.
+fn verifier(
+    params: &TlsParams,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, UrlError> {
+    let check = match params.mode {
+        SslMode::Disable => Check::Nothing,
+        SslMode::Prefer | SslMode::Require if params.explicit_roots => Check::Chain,
+        SslMode::Prefer | SslMode::Require => Check::Nothing,
+        SslMode::VerifyCa => Check::Chain,
+        SslMode::VerifyFull => Check::ChainAndName,
+    };
+    let algorithms = provider.signature_verification_algorithms;
+    let webpki = |roots: &Roots| -> Result<Arc<WebPkiServerVerifier>, UrlError> {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider.clone())
+            .build()
+            .map_err(|e| UrlError::Tls(rustls::Error::General(e.to_string())))
+    };
+    Ok(match check {
+        Check::Nothing => Arc::new(Lenient {
+            chain: None,
+            algorithms,
+        }),
+        Check::Chain => Arc::new(Lenient {
+            chain: Some(webpki(&params.roots)?),
+            algorithms,
+        }),
+        Check::ChainAndName => webpki(&params.roots)?,
+    })
 }
 
 fn read(param: &'static str, path: &str) -> Result<Vec<u8>, UrlError> {
@@ -376,13 +388,18 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, UrlError> {
     Ok(store)
 }
 
-/// `verify-ca`: the chain must lead to a root, whatever name the certificate is for (libpq's
-/// verify-ca does not look at the host name). webpki checks the chain before the name, so a
-/// name mismatch means the chain was good.
+/// The modes that check less than `verify-full`, as libpq does. With `chain`, the chain must
+/// lead to a root whatever name the certificate is for (`verify-ca`, or `prefer`/`require` with
+/// `sslrootcert`): webpki checks the chain before the name, so a name mismatch means the chain
+/// was good. Without, any certificate will do (`prefer`, `require`). Either way the handshake's
+/// signatures are checked, so the session is with the holder of the certificate's key.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -391,10 +408,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -408,7 +425,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -417,52 +434,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: encrypted, but any certificate will do (as in
-/// libpq). The handshake's signatures are still checked, so the session is with the holder of
-/// the certificate's key.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -548,5 +524,72 @@ mod tests {
             assert!(text.contains(expected), "{url}: {text}");
             assert!(!text.contains("hunter2"), "{url}: {text}");
         }
+    }
+
+    /// A CA's PEM and a certificate it signed for `db.internal` (DER).
+    fn ca_and_leaf(name: &str) -> (String, CertificateDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["db.internal".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        (ca.pem(), leaf.der().clone())
+    }
+
+    #[test]
+    fn verify_ca_checks_the_chain_and_verify_full_the_name_too() {
+        let (ca, leaf) = ca_and_leaf("the CA");
+        let (other_ca, _) = ca_and_leaf("another CA");
+        let dir = std::env::temp_dir().join(format!("orders-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        };
+        let (ca, other_ca) = (write("ca.pem", &ca), write("other.pem", &other_ca));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let check = |mode: SslMode, roots: Option<&str>, host: &str| {
+            let params = TlsParams {
+                mode,
+                roots: roots.map_or(Roots::System, |r| Roots::File(r.to_string())),
+                explicit_roots: roots.is_some(),
+                client: None,
+            };
+            let name = ServerName::try_from(host.to_string()).unwrap();
+            verifier(&params, &provider)
+                .unwrap()
+                .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+                .map(|_| ())
+        };
+        let unknown = Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(check(SslMode::VerifyFull, Some(&ca), "db.internal"), Ok(()));
+        assert!(matches!(
+            check(SslMode::VerifyFull, Some(&ca), "elsewhere"),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ))
+        ));
+        assert_eq!(check(SslMode::VerifyCa, Some(&ca), "elsewhere"), Ok(()));
+        assert_eq!(
+            check(SslMode::VerifyCa, Some(&other_ca), "db.internal"),
+            unknown
+        );
+        assert_eq!(
+            check(SslMode::Require, Some(&other_ca), "db.internal"),
+            unknown
+        );
+        assert_eq!(check(SslMode::Require, None, "elsewhere"), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

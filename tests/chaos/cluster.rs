@@ -4,6 +4,7 @@
 //! the [`Cluster`] is dropped, panic or not.
 
 use crate::common::process::{dying_with_us, free_port, signal, wait_child, Process};
+pub use crate::common::temp::TempDir;
 use crate::common::wait_until;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,30 +17,6 @@ use std::time::Duration;
 fn pg_bin(tool: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "orders-chaos-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Who PostgreSQL runs as: itself refuses to run as root, so a root test runs it as the
@@ -294,15 +271,60 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A connection of the test's own, through the Unix socket: what pg_hba.conf asks of TCP
+    /// clients (TLS only, see [`PostgresServer::require_tls`]) is the service's business.
     pub async fn connect(
         &self,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = self.url(database).parse()?;
-        config.connect_timeout(Duration::from_secs(2));
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path().join("socket"))
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect_timeout(Duration::from_secs(2));
         let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
+    }
+
+    /// Restarts the server with TLS on (`cert` and `key` for itself) and TCP clients accepted
+    /// over TLS only (`hostssl`; a plain connection is refused); with `client_ca`, they must
+    /// also present a certificate that CA signed (`clientcert=verify-ca`).
+    #[allow(dead_code)] // tests/postgres_tls.rs, not the chaos suite
+    pub async fn require_tls(&mut self, cert: &Path, key: &Path, client_ca: Option<&Path>) {
+        let data = self.data_dir();
+        // PostgreSQL wants its key readable by itself alone.
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).expect("copy a TLS file into the data dir");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .expect("chmod a TLS file");
+            if let Some(user) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(user.uid), Some(user.gid))
+                    .expect("chown a TLS file");
+            }
+        }
+        let mut settings =
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_string();
+        let mut hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust".to_string();
+        if let Some(ca) = client_ca {
+            std::fs::copy(ca, data.join("client-ca.crt")).expect("copy the client CA");
+            settings.push_str("ssl_ca_file = 'client-ca.crt'\n");
+            hba.push_str(" clientcert=verify-ca");
+        }
+        hba.push('\n');
+        std::fs::write(data.join("conf.d-tls.conf"), settings).expect("write the TLS settings");
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut conf, b"include 'conf.d-tls.conf'\n")
+            .expect("include the TLS settings");
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        self.stop_fast();
+        self.restart().await;
     }
 
     /// Stops the server as `pg_ctl stop -m fast` would (SIGINT: roll back open transactions,

@@ -10,12 +10,14 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod certs;
 pub mod db;
 pub mod events;
 pub mod http;
 pub mod log;
 pub mod process;
 pub mod proxy;
+pub mod temp;
 pub mod wait;
 
 // The names most tests use; each binary uses some of them.

@@ -49,12 +49,15 @@ fn database_url(hosts: &str, query: &[(&str, &std::path::Path)], extra: &str) ->
 async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
     let pki = Pki::new();
     let cluster = tls_cluster("postgres-tls-verify-full", &pki, true).await;
-    // Two hosts: the first refuses connections, the second is named `localhost`, so the
-    // connector checks the name of the host it reached (the certificate names 127.0.0.1 and
-    // localhost), not of the first.
+    let standby = cluster.postgres.start_standby().await;
+    // Three hosts, as a failover URL lists them: the first refuses connections, the second is
+    // a standby (TLS, but read-only: target_session_attrs=read-write passes it by), the third
+    // the primary under the name `localhost`, so the connector checks the name of the host it
+    // reached (the certificate names 127.0.0.1 and localhost).
     let hosts = format!(
-        "127.0.0.1:{},localhost:{}",
+        "127.0.0.1:{},127.0.0.1:{},localhost:{}",
         free_port(),
+        standby.port,
         cluster.postgres.port
     );
     let url = database_url(
@@ -131,6 +134,31 @@ async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
         with_tls, connections,
         "every connection is TLS with the client certificate"
     );
+
+    // The standby alone: reachable over TLS, but not ready, and /readyz would say why.
+    let standby_only = database_url(
+        &format!("127.0.0.1:{}", standby.port),
+        &[
+            ("sslrootcert", &pki.ca_cert),
+            ("sslcert", &pki.client_cert),
+            ("sslkey", &pki.client_key),
+        ],
+        "sslmode=verify-full",
+    );
+    let config = orders::config::Config::load_from(|name| {
+        (name == "DATABASE_URL").then(|| standby_only.clone())
+    })
+    .expect("a configuration");
+    let store = orders::store::Store::new(&config).expect("a store");
+    let readiness = store.ready().await.to_string();
+    assert_eq!(readiness, "read-only (in recovery)");
+    println!("postgres-tls-standby: postgres {readiness:?}");
+    let stderr = refused_start(&cluster, &standby_only).await;
+    assert!(
+        stderr.contains("the database is read-only (in recovery)"),
+        "{stderr}"
+    );
+    println!("postgres-tls-standby: refused to start: {}", stderr.trim());
 
     // A database that turns read-only (default_transaction_read_only, as a standby would be):
     // /readyz says so, and says ok again once it takes writes.

@@ -33,6 +33,11 @@ pub enum StoreError {
     Migration(#[from] refinery::Error),
     #[error(transparent)]
     Url(#[from] UrlError),
+    #[error(
+        "the database is read-only ({0}): DATABASE_URL must reach the primary (with several \
+         hosts, add target_session_attrs=read-write)"
+    )]
+    ReadOnly(&'static str),
     #[error("postgres pool")]
     PoolBuild(#[source] deadpool_postgres::BuildError),
 }
@@ -46,12 +51,17 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 impl StoreError {
-    /// Whether PostgreSQL is unreachable (as opposed to refusing one statement): workers stop
-    /// claiming orders until it answers again.
+    /// Whether PostgreSQL is unreachable or read-only (as opposed to refusing one statement):
+    /// workers stop claiming orders until [`Store::ready`] says it takes writes again. A
+    /// read-only server is a standby, or a primary being demoted in a failover: every order
+    /// claimed meanwhile would only use up an attempt.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
-            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            StoreError::Pool(_) | StoreError::ReadOnly(_) => true,
+            StoreError::Postgres(e) => {
+                e.as_db_error().is_none()
+                    || e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+            }
             _ => false,
         }
     }
@@ -99,8 +109,14 @@ impl Store {
 
     /// Applies the migrations in `sql/` that are not applied yet. An advisory lock keeps several
     /// processes starting at once from applying them twice.
+    /// A read-only server (a standby, most likely, where the URL lists one host, or several
+    /// without `target_session_attrs=read-write`) is refused by name rather than by the first
+    /// `CREATE TABLE` that fails.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
+        if let Some(why) = read_only(&client).await? {
+            return Err(StoreError::ReadOnly(why));
+        }
         client
             .execute("SELECT pg_advisory_lock(7263514)", &[])
             .await?;
@@ -141,34 +157,52 @@ impl Store {
                 &[],
             )
             .await;
-        let (applied, in_recovery, read_only) = match checked {
-            Ok(row) => (row.get::<_, Option<i64>>(0), row.get(1), row.get(2)),
+        let (applied, read_only) = match checked {
+            Ok(row) => (
+                row.get::<_, Option<i64>>(0),
+                read_only_cause(row.get(1), row.get(2)),
+            ),
             // No schema history yet: nothing applied; the rest still matters.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                match client
-                    .query_one(
-                        "SELECT pg_is_in_recovery(), \
-                                current_setting('transaction_read_only') = 'on'",
-                        &[],
-                    )
-                    .await
-                {
-                    Ok(row) => (None, row.get(0), row.get(1)),
+                match read_only(&client).await {
+                    Ok(cause) => (None, cause),
                     Err(e) => return Readiness::from_error(e),
                 }
             }
             Err(e) => return Readiness::from_error(e),
         };
-        if in_recovery {
-            Readiness::ReadOnly("in recovery")
-        } else if read_only {
-            Readiness::ReadOnly("default_transaction_read_only is on")
+        if let Some(why) = read_only {
+            Readiness::ReadOnly(why)
         } else if applied != Some(latest) {
             Readiness::MigrationsPending { applied, latest }
         } else {
             Readiness::Ready
         }
     }
+}
+
+/// Why a session cannot write: `pg_is_in_recovery()` and `transaction_read_only`, in that order.
+fn read_only_cause(in_recovery: bool, read_only: bool) -> Option<&'static str> {
+    if in_recovery {
+        Some("in recovery")
+    } else if read_only {
+        Some("default_transaction_read_only is on")
+    } else {
+        None
+    }
+}
+
+/// [`read_only_cause`] of this session.
+async fn read_only(
+    client: &tokio_postgres::Client,
+) -> Result<Option<&'static str>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await?;
+    Ok(read_only_cause(row.get(0), row.get(1)))
 }
 
 /// What [`Store::ready`] found. Its text is the `postgres` field of `/readyz`: `ok`, or why not.

@@ -173,8 +173,10 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    async fn start(log_dir: &Path) -> PostgresServer {
-        let dir = TempDir::new("postgres");
+    /// A server not started yet: its directories (owned by the `postgres` user when we are
+    /// root) and a free port.
+    fn unstarted(label: &str, log: PathBuf) -> PostgresServer {
+        let dir = TempDir::new(label);
         let run_as = postgres_user();
         std::fs::create_dir_all(dir.path().join("socket")).expect("socket dir");
         if let Some(user) = run_as {
@@ -183,28 +185,42 @@ impl PostgresServer {
                     .expect("chown the postgres dirs");
             }
         }
-        let mut server = PostgresServer {
+        PostgresServer {
             port: free_port(),
             dir,
             run_as,
-            log: log_dir.join("postgres.log"),
+            log,
             child: None,
-        };
-        let log = append(&server.log);
-        let mut initdb = server.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(server.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-            .arg("--no-sync")
+        }
+    }
+
+    /// Runs one of the PostgreSQL programs to its end with the arguments `args` adds, its
+    /// output to the server's log.
+    fn run_tool(&self, tool: &str, args: impl FnOnce(&mut Command) -> &mut Command) {
+        let log = append(&self.log);
+        let mut command = self.command(tool);
+        args(&mut command)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
-        let status = initdb.status().expect("run initdb");
+        let status = command
+            .status()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
         assert!(
             status.success(),
-            "initdb failed (see {})",
-            server.log.display()
+            "{tool} failed (see {})",
+            self.log.display()
         );
+    }
+
+    async fn start(log_dir: &Path) -> PostgresServer {
+        let mut server = Self::unstarted("postgres", log_dir.join("postgres.log"));
+        let data = server.data_dir();
+        server.run_tool("initdb", |c| {
+            c.arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+                .arg("--no-sync")
+        });
         server.spawn().await;
         server
             .connect("postgres")
@@ -308,7 +324,9 @@ impl PostgresServer {
         }
         let mut settings =
             "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_string();
-        let mut hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust".to_string();
+        let mut hba =
+            "local all all trust\nlocal replication all trust\nhostssl all all 127.0.0.1/32 trust"
+                .to_string();
         if let Some(ca) = client_ca {
             std::fs::copy(ca, data.join("client-ca.crt")).expect("copy the client CA");
             settings.push_str("ssl_ca_file = 'client-ca.crt'\n");
@@ -325,6 +343,26 @@ impl PostgresServer {
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         self.stop_fast();
         self.restart().await;
+    }
+
+    /// A hot standby of this server, streaming from it: a base backup over the Unix socket
+    /// (`pg_basebackup -R`), so with the same settings (TLS included), on a port of its own.
+    /// `pg_is_in_recovery()` is true there, and it takes no writes.
+    #[allow(dead_code)] // tests/postgres_tls.rs, not the chaos suite
+    pub async fn start_standby(&self) -> PostgresServer {
+        let log = self.log.with_file_name("postgres-standby.log");
+        let mut standby = Self::unstarted("postgres-standby", log);
+        let data = standby.data_dir();
+        standby.run_tool("pg_basebackup", |c| {
+            c.arg("-D")
+                .arg(&data)
+                .arg("-h")
+                .arg(self.dir.path().join("socket"))
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-R"])
+                .args(["--no-sync", "--checkpoint=fast"])
+        });
+        standby.spawn().await;
+        standby
     }
 
     /// Stops the server as `pg_ctl stop -m fast` would (SIGINT: roll back open transactions,

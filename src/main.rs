@@ -41,9 +41,11 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Healthcheck { url }) = cli.command {
-        return healthcheck(url);
-    }
+    let job = match cli.command.unwrap_or(Command::Serve { roles: Roles::ALL }) {
+        Command::Healthcheck { url } => return healthcheck(url),
+        Command::Migrate => Job::Migrate,
+        Command::Serve { roles } => Job::Serve(roles),
+    };
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => return fail(&anyhow::Error::new(e).context("loading the configuration")),
@@ -52,7 +54,13 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
     };
-    runtime.block_on(run(cli, config))
+    runtime.block_on(run(job, config))
+}
+
+/// What a process does with its configuration and logger.
+enum Job {
+    Migrate,
+    Serve(Roles),
 }
 
 /// An error before the logger exists, with its whole cause chain, on one line of stderr.
@@ -61,43 +69,35 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli, config: Config) -> ExitCode {
+async fn run(job: Job, config: Config) -> ExitCode {
     let (log, _flush_on_exit) = orders::telemetry::logger(&config);
-    let command = cli.command.unwrap_or(Command::Serve { roles: Roles::ALL });
-    // The logger is the one place an error is written, with its cause chain, once.
-    let done: anyhow::Result<()> = match command {
-        Command::Migrate => migrate(&config)
-            .await
-            .map(|()| info!(log, "migrations applied")),
-        Command::Serve { roles } => {
-            let shutdown = Shutdown::new();
-            tokio::spawn(stop_on_signal(shutdown.clone(), log.clone()));
-            match orders::start(&config, roles, shutdown, log.clone()).await {
-                Ok(running) => {
-                    running.wait().await;
-                    info!(log, "stopped");
-                    Ok(())
-                }
-                Err(e) => Err(anyhow::Error::new(e).context("cannot start")),
-            }
-        }
-        Command::Healthcheck { .. } => unreachable!("answered before the configuration is read"),
+    let (failure, done) = match job {
+        Job::Migrate => ("migrations failed", migrate(&config, &log).await),
+        Job::Serve(roles) => ("cannot start", serve(&config, roles, &log).await),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
+        // The logger is the one place an error is written, with its cause chain, once.
         Err(e) => {
-            error!(log, "{}", cause_chain(e.as_ref()));
+            error!(log, "{failure}"; "error" => cause_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn migrate(config: &Config) -> anyhow::Result<()> {
+async fn serve(config: &Config, roles: Roles, log: &slog::Logger) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    tokio::spawn(stop_on_signal(shutdown.clone(), log.clone()));
+    let running = orders::start(config, roles, shutdown, log.clone()).await?;
+    running.wait().await;
+    info!(log, "stopped");
+    Ok(())
+}
+
+async fn migrate(config: &Config, log: &slog::Logger) -> anyhow::Result<()> {
     let store = orders::store::Store::new(config).context("PostgreSQL (DATABASE_URL)")?;
-    store
-        .migrate()
-        .await
-        .context("applying migrations (DATABASE_URL)")?;
+    store.migrate().await.context("PostgreSQL (DATABASE_URL)")?;
+    info!(log, "migrations applied");
     Ok(())
 }
 

@@ -150,8 +150,11 @@ fn healthcheck(url: Option<String>) -> ExitCode {
 }
 
 async fn get_status(url: &str) -> reqwest::Result<u16> {
+    // No proxy: an HTTP_PROXY of the container's environment must not stand between the check
+    // and the process beside it.
     let client = reqwest::Client::builder()
         .timeout(HEALTHCHECK_TIMEOUT)
+        .no_proxy()
         .build()?;
     Ok(client.get(url).send().await?.status().as_u16())
 }

@@ -13,11 +13,17 @@ async fn healthcheck_exits_zero_against_a_live_service_and_one_against_a_closed_
     let vars = test_env(&[]).await;
     let service = Process::start("api", "api", &vars, test_log_path(&vars, "healthcheck")).await;
 
-    // ORDERS_LISTEN as the service's own: a wildcard address is asked on loopback.
-    let listen = HashMap::from([(
-        "ORDERS_LISTEN".to_string(),
-        format!("0.0.0.0:{}", service.port),
-    )]);
+    // ORDERS_LISTEN as the service's own: a wildcard address is asked on loopback. A proxy in
+    // the environment (nothing listens there) is not used.
+    let proxy = "http://127.0.0.1:9".to_string();
+    let listen = HashMap::from([
+        (
+            "ORDERS_LISTEN".to_string(),
+            format!("0.0.0.0:{}", service.port),
+        ),
+        ("HTTP_PROXY".to_string(), proxy.clone()),
+        ("http_proxy".to_string(), proxy),
+    ]);
     let (code, said) = healthcheck(&[], &listen).await;
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(

@@ -188,6 +188,25 @@ async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
     )
     .await;
     println!("postgres-tls-read-only: /readyz 503, postgres {seen}");
+    // An order meanwhile: its attempt fails on the read-only database, and the worker stops
+    // claiming (as when PostgreSQL is down) until the database takes writes again.
+    let order = json!({"customer_id": "tls-late", "items": ["sku-3"], "total": 3});
+    let answer = http.post(service.url("/orders")).json(&order).sent().await;
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.expect("a JSON body");
+    let late = body["order_id"].as_str().expect("order_id").to_string();
+    wait_until(
+        "the order's attempt to fail on the read-only database",
+        Duration::from_secs(10),
+        async || {
+            service
+                .log
+                .all("order failed, retrying later")
+                .iter()
+                .any(|l| l["order_id"] == late.as_str())
+        },
+    )
+    .await;
     for statement in [
         "ALTER SYSTEM RESET default_transaction_read_only",
         "SELECT pg_reload_conf()",
@@ -200,6 +219,29 @@ async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
         async || readyz().await.0 == 200,
     )
     .await;
+    wait_until(
+        "the late order to complete",
+        Duration::from_secs(30),
+        async || {
+            let path = format!("/orders/{late}");
+            let order: Value = http
+                .get(service.url(&path))
+                .sent()
+                .await
+                .json()
+                .await
+                .unwrap();
+            order["status"] == "completed"
+        },
+    )
+    .await;
+    assert!(
+        service
+            .log
+            .find("PostgreSQL answers again, claiming orders")
+            .is_some(),
+        "the worker paused on the read-only database and resumed"
+    );
 }
 
 /// Starts `orders serve` with this `DATABASE_URL` on `cluster`, which must refuse to start;

@@ -275,6 +275,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn readiness_says_why_in_the_words_of_readyz() {
+        let said = |r: Readiness| (r.is_ready(), r.to_string());
+        assert_eq!(said(Readiness::Ready), (true, "ok".into()));
+        let standby = Readiness::ReadOnly(read_only_cause(true, true).unwrap());
+        assert_eq!(said(standby), (false, "read-only (in recovery)".into()));
+        let read_only = Readiness::ReadOnly(read_only_cause(false, true).unwrap());
+        assert_eq!(
+            said(read_only),
+            (
+                false,
+                "read-only (default_transaction_read_only is on)".into()
+            )
+        );
+        assert_eq!(read_only_cause(false, false), None);
+        let behind = Readiness::MigrationsPending {
+            applied: Some(4),
+            latest: 6,
+        };
+        assert_eq!(
+            said(behind),
+            (
+                false,
+                "migrations not applied (at version 4, this build needs 6)".into()
+            )
+        );
+    }
+
+    #[test]
     fn sessions_time_out_and_never_jit() {
         let options = session_options(5000);
         assert!(options.contains("-c statement_timeout=5000 "), "{options}");

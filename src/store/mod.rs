@@ -109,6 +109,7 @@ impl Store {
 
     /// Applies the migrations in `sql/` that are not applied yet. An advisory lock keeps several
     /// processes starting at once from applying them twice.
+    ///
     /// A read-only server (a standby, most likely, where the URL lists one host, or several
     /// without `target_session_attrs=read-write`) is refused by name rather than by the first
     /// `CREATE TABLE` that fails.
@@ -142,6 +143,10 @@ impl Store {
     pub async fn ready(&self) -> Readiness {
         let client = match self.pool.get().await {
             Ok(client) => client,
+            // Every connection busy is load, not an unreachable server.
+            Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => {
+                return Readiness::CheckFailed("no pooled connection came free in time".into())
+            }
             Err(e) => return Readiness::Unreachable(crate::telemetry::cause_chain(&e)),
         };
         let latest = embedded::migrations::runner()

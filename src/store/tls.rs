@@ -290,7 +290,9 @@ fn client_config(params: &TlsParams) -> Result<ClientConfig, UrlError> {
         .map_err(UrlError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
+    // `disable` never uses the connector: its files are not read (libpq ignores them too).
     match &params.client {
+        _ if params.mode == SslMode::Disable => Ok(builder.with_no_client_auth()),
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
             let chain = certificates("sslcert", cert)?;
@@ -516,6 +518,8 @@ mod tests {
                 "invalid connection string",
             ),
         ];
+        let ignored = "postgres://h/db?sslmode=disable&sslcert=/nonexistent&sslkey=/nonexistent";
+        assert!(connection(ignored).is_ok());
         for (url, expected) in cases {
             let Err(e) = connection(url) else {
                 panic!("{url} was accepted");

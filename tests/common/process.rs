@@ -115,6 +115,26 @@ impl Process {
         env: &HashMap<String, String>,
         log: PathBuf,
     ) -> Process {
+        let mut process = Self::spawn(name, roles, env, log);
+        process.wait_started().await;
+        process
+    }
+
+    /// Starts the process as [`Process::start`] does, for a configuration it must refuse: waits
+    /// for it to exit, and returns its exit status and everything it wrote (stdout and stderr).
+    pub async fn start_refused(
+        name: &str,
+        roles: &str,
+        env: &HashMap<String, String>,
+        log: PathBuf,
+    ) -> (ExitStatus, String) {
+        let mut process = Self::spawn(name, roles, env, log);
+        let status = process.wait_exit(Duration::from_secs(30)).await;
+        let output = std::fs::read_to_string(process.log.path()).unwrap_or_default();
+        (status, output)
+    }
+
+    fn spawn(name: &str, roles: &str, env: &HashMap<String, String>, log: PathBuf) -> Process {
         let port = free_port();
         let file = std::fs::File::create(&log).expect("create the service log");
         let child = dying_with_us(env!("CARGO_BIN_EXE_orders"))
@@ -129,15 +149,13 @@ impl Process {
             .stderr(file)
             .spawn()
             .expect("start the orders binary");
-        let mut process = Process {
+        Process {
             name: name.to_string(),
             roles: roles.to_string(),
             port,
             log: Log::File(log),
             child,
-        };
-        process.wait_started().await;
-        process
+        }
     }
 
     async fn wait_started(&mut self) {

@@ -14,6 +14,7 @@ mod tally;
 
 use cluster::{Cluster, Fsync};
 use common::certs::Pki;
+use common::http::accept_batch;
 use common::process::{free_port, run_orders};
 use common::{wait_until, Sent};
 use serde_json::{json, Value};
@@ -88,17 +89,8 @@ async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
         .expect("order_id")
         .parse()
         .unwrap();
-    let batch: Vec<Value> = (0..99)
-        .map(|i| json!({"customer_id": format!("tls-{i}"), "items": ["sku-2"], "total": 1}))
-        .collect();
-    let answer = http
-        .post(service.url("/orders/batch"))
-        .json(&batch)
-        .sent()
-        .await;
-    assert_eq!(answer.status(), 202);
     let mut accepted = vec![first];
-    accepted.extend(common::http::batch_ids(answer).await);
+    accepted.extend(accept_batch(&http, &service.url("/orders/batch"), "tls", 99).await);
 
     wait_until_settled(&cluster, &accepted, Duration::from_secs(60)).await;
     let one: Value = http

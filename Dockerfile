@@ -2,7 +2,8 @@
 # The order service: `docker build -t orders .` then `docker compose up` (see compose.yaml).
 
 # --- build ---------------------------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+# Tags pinned to a version, so that a rebuild takes the same toolchain and base.
+FROM rust:1.95-bookworm AS builder
 WORKDIR /app
 
 # Dependencies first, against stub sources, so that this layer is rebuilt only when Cargo.toml,
@@ -28,7 +29,7 @@ RUN touch src/main.rs src/lib.rs build.rs \
     && cp target/release/orders /usr/local/bin/orders
 
 # --- run -----------------------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:bookworm-20251229-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -40,5 +41,9 @@ ENV ORDERS_LISTEN=0.0.0.0:8080
 USER orders
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# Liveness from inside the container, with the binary itself (the slim image has no curl):
+# GET /healthz on ORDERS_LISTEN, 2 s at most.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["orders", "healthcheck"]
 ENTRYPOINT ["orders"]
 CMD ["serve"]

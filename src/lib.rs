@@ -100,7 +100,8 @@ impl Drop for RoleGuard<'_> {
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(transparent)]
+    /// Its chain names the URL parameter or the server's refusal (a certificate, a password).
+    #[error("PostgreSQL (DATABASE_URL)")]
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),

@@ -1,10 +1,14 @@
-//! `orders serve [--roles api,worker,notifier]` and `orders migrate`.
+//! `orders serve [--roles api,worker,notifier]`, `orders migrate` and `orders healthcheck`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orders::config::Config;
+use orders::telemetry::cause_chain;
 use orders::{Roles, Shutdown};
 use slog::{error, info};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(version, about = "Real-time order processing service")]
@@ -23,37 +27,77 @@ enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Ask a running service's `/healthz` (the container's health check: the image has no curl);
+    /// exit 0 on 200, else 1 with the reason.
+    Healthcheck {
+        /// The URL to ask; by default `/healthz` on ORDERS_LISTEN (a wildcard address as loopback).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+/// How long `orders healthcheck` waits for the whole answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load().context("loading the configuration")?;
-    let runtime = orders::runtime(&config).context("starting the async runtime")?;
-    runtime.block_on(run(cli, config))
+    let job = match cli.command.unwrap_or(Command::Serve { roles: Roles::ALL }) {
+        Command::Healthcheck { url } => return healthcheck(url),
+        Command::Migrate => Job::Migrate,
+        Command::Serve { roles } => Job::Serve(roles),
+    };
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => return fail(&anyhow::Error::new(e).context("loading the configuration")),
+    };
+    let runtime = match orders::runtime(&config) {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    runtime.block_on(run(job, config))
 }
 
-async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+/// What a process does with its configuration and logger.
+enum Job {
+    Migrate,
+    Serve(Roles),
+}
+
+/// An error before the logger exists, with its whole cause chain, on one line of stderr.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("orders: {}", cause_chain(e.as_ref()));
+    ExitCode::FAILURE
+}
+
+async fn run(job: Job, config: Config) -> ExitCode {
     let (log, _flush_on_exit) = orders::telemetry::logger(&config);
-    match cli.command.unwrap_or(Command::Serve { roles: Roles::ALL }) {
-        Command::Migrate => {
-            let store = orders::store::Store::new(&config)?;
-            store.migrate().await.context("applying migrations")?;
-            info!(log, "migrations applied");
-        }
-        Command::Serve { roles } => {
-            let shutdown = Shutdown::new();
-            tokio::spawn(stop_on_signal(shutdown.clone(), log.clone()));
-            let running = match orders::start(&config, roles, shutdown, log.clone()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(log, "cannot start"; "error" => %e);
-                    return Err(e.into());
-                }
-            };
-            running.wait().await;
-            info!(log, "stopped");
+    let (failure, done) = match job {
+        Job::Migrate => ("migrations failed", migrate(&config, &log).await),
+        Job::Serve(roles) => ("cannot start", serve(&config, roles, &log).await),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        // The logger is the one place an error is written, with its cause chain, once.
+        Err(e) => {
+            error!(log, "{failure}"; "error" => cause_chain(e.as_ref()));
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn serve(config: &Config, roles: Roles, log: &slog::Logger) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    tokio::spawn(stop_on_signal(shutdown.clone(), log.clone()));
+    let running = orders::start(config, roles, shutdown, log.clone()).await?;
+    running.wait().await;
+    info!(log, "stopped");
+    Ok(())
+}
+
+async fn migrate(config: &Config, log: &slog::Logger) -> anyhow::Result<()> {
+    let store = orders::store::Store::new(config).context("PostgreSQL (DATABASE_URL)")?;
+    store.migrate().await.context("PostgreSQL (DATABASE_URL)")?;
+    info!(log, "migrations applied");
     Ok(())
 }
 
@@ -71,4 +115,57 @@ async fn stop_on_signal(shutdown: Shutdown, log: slog::Logger) {
         _ = term.recv() => info!(log, "SIGTERM received, shutting down"),
     }
     shutdown.cancel();
+}
+
+/// `orders healthcheck`: one GET, the answer on one line.
+fn healthcheck(url: Option<String>) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match Config::load() {
+            Ok(config) => format!("http://{}/healthz", reachable(config.listen)),
+            Err(e) => return fail(&anyhow::Error::new(e).context("loading the configuration")),
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(get_status(&url)) {
+        Ok(200) => {
+            println!("healthy: {url} answered 200");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("unhealthy: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("unhealthy: {url}: {}", cause_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn get_status(url: &str) -> reqwest::Result<u16> {
+    // No proxy: an HTTP_PROXY of the container's environment must not stand between the check
+    // and the process beside it.
+    let client = reqwest::Client::builder()
+        .timeout(HEALTHCHECK_TIMEOUT)
+        .no_proxy()
+        .build()?;
+    Ok(client.get(url).send().await?.status().as_u16())
+}
+
+/// Where a client on this machine reaches a listener: a wildcard address is not one to connect
+/// to, its loopback is.
+fn reachable(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
 }

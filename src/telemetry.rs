@@ -285,6 +285,22 @@ fn parse_level(name: &str) -> Level {
     }
 }
 
+/// An error and its sources, joined with ": ". A source whose text its error already ends with
+/// (`redis: {0}` over the Redis error) is not repeated.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.ends_with(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = cause.source();
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

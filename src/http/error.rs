@@ -2,6 +2,7 @@
 //! rejection into the one JSON error shape; the internal cause of a 503 is logged, never sent to
 //! the client.
 
+use crate::telemetry::cause_chain;
 use serde::Serialize;
 use slog::{error, warn, Logger};
 use std::error::Error;
@@ -288,22 +289,6 @@ fn from_warp(rejection: &Rejection) -> Option<ApiError> {
     } else {
         return None;
     })
-}
-
-/// An error and its sources, joined with ": ". A source whose text its error already ends with
-/// (`redis: {0}` over the Redis error) is not repeated.
-fn cause_chain(error: &(dyn Error + 'static)) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !chain.ends_with(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        source = cause.source();
-    }
-    chain
 }
 
 #[cfg(test)]

@@ -463,7 +463,8 @@ pub async fn metrics(api: Arc<Api>) -> Result<Response, ApiError> {
     Ok(with_header(text, "content-type", "text/plain; version=0.0.4").into_response())
 }
 
-/// `GET /readyz`: Redis and PostgreSQL answer and the migrations are applied.
+/// `GET /readyz`: Redis and PostgreSQL answer, the migrations are applied and PostgreSQL takes
+/// writes.
 pub async fn ready(api: Arc<Api>) -> Response {
     // The probe, not a bare PING: a Redis that answers but refuses a permission, or a replica,
     // cannot serve the roles either.
@@ -471,11 +472,7 @@ pub async fn ready(api: Arc<Api>) -> Response {
         Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
-    let postgres = match api.store.ready().await {
-        Ok(true) => "ok".to_string(),
-        Ok(false) => "migrations not applied".to_string(),
-        Err(e) => e.to_string(),
-    };
+    let postgres = api.store.ready().await.to_string();
     let configured = api
         .roles
         .configured

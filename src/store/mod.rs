@@ -8,15 +8,16 @@ mod lookup;
 mod notifications;
 mod repair;
 mod stats;
+mod tls;
 
 pub use lifecycle::CancelOutcome;
 pub use lookup::{Cursor, ListQuery, OrderView};
 pub use stats::{OrderStats, Timing, STATS_WINDOW};
+pub use tls::UrlError;
 
 use crate::config::Config;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -32,8 +33,15 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("migrations: {0}")]
     Migration(#[from] refinery::Error),
-    #[error("postgres configuration: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(
+        "the database is read-only ({0}): DATABASE_URL must reach the primary (with several \
+         hosts, add target_session_attrs=read-write)"
+    )]
+    ReadOnly(&'static str),
+    #[error("postgres pool")]
+    PoolBuild(#[source] deadpool_postgres::BuildError),
 }
 
 /// tokio-postgres says only "db error" for a server error; the server's message is in the source.
@@ -45,12 +53,17 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 impl StoreError {
-    /// Whether PostgreSQL is unreachable (as opposed to refusing one statement): workers stop
-    /// claiming orders until it answers again.
+    /// Whether PostgreSQL is unreachable or read-only (as opposed to refusing one statement):
+    /// workers stop claiming orders until [`Store::ready`] says it takes writes again. A
+    /// read-only server is a standby, or a primary being demoted in a failover: every order
+    /// claimed meanwhile would only use up an attempt.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
-            StoreError::Postgres(e) => e.as_db_error().is_none(),
+            StoreError::Pool(_) | StoreError::ReadOnly(_) => true,
+            StoreError::Postgres(e) => {
+                e.as_db_error().is_none()
+                    || e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+            }
             _ => false,
         }
     }
@@ -72,15 +85,15 @@ pub struct Store {
 impl Store {
     /// Builds the pool; connections are opened lazily, so this succeeds with PostgreSQL down.
     pub fn new(config: &Config) -> Result<Store, StoreError> {
-        let mut pg: tokio_postgres::Config = config
-            .database_url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let tls::Connection {
+            config: mut pg,
+            tls,
+        } = tls::connection(&config.database_url)?;
         pg.options(session_options(config.db_statement_timeout_ms));
         pg.connect_timeout(Duration::from_secs(3));
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -92,14 +105,21 @@ impl Store {
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
+            .map_err(StoreError::PoolBuild)?;
         Ok(Store { pool })
     }
 
     /// Applies the migrations in `sql/` that are not applied yet. An advisory lock keeps several
     /// processes starting at once from applying them twice.
+    ///
+    /// A read-only server (a standby, most likely, where the URL lists one host, or several
+    /// without `target_session_attrs=read-write`) is refused by name rather than by the first
+    /// `CREATE TABLE` that fails.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
+        if let Some(why) = read_only(&client).await? {
+            return Err(StoreError::ReadOnly(why));
+        }
         client
             .execute("SELECT pg_advisory_lock(7263514)", &[])
             .await?;
@@ -119,22 +139,130 @@ impl Store {
         (status.size.saturating_sub(status.available), status.waiting)
     }
 
-    /// Whether PostgreSQL answers and every embedded migration is applied.
-    pub async fn ready(&self) -> Result<bool, StoreError> {
-        let client = self.pool.get().await?;
+    /// Whether the service can use PostgreSQL, and if not why: unreachable, behind on
+    /// migrations, or read-only (a standby, or `default_transaction_read_only`), where every
+    /// write of a worker would fail. One round trip when the schema history exists.
+    pub async fn ready(&self) -> Readiness {
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            // Every connection busy is load, not an unreachable server.
+            Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => {
+                return Readiness::CheckFailed("no pooled connection came free in time".into())
+            }
+            Err(e) => return Readiness::Unreachable(crate::telemetry::cause_chain(&e)),
+        };
         let latest = embedded::migrations::runner()
             .get_migrations()
             .iter()
             .map(|m| m.version() as i64)
             .max()
             .unwrap_or(0);
-        let row = client
-            .query_opt(
-                "SELECT max(version)::int8 FROM refinery_schema_history",
+        let checked = client
+            .query_one(
+                "SELECT (SELECT max(version)::int8 FROM refinery_schema_history), \
+                        pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
                 &[],
             )
             .await;
-        Ok(matches!(row, Ok(Some(r)) if r.get::<_, Option<i64>>(0) == Some(latest)))
+        let (applied, read_only) = match checked {
+            Ok(row) => (
+                row.get::<_, Option<i64>>(0),
+                read_only_cause(row.get(1), row.get(2)),
+            ),
+            // No schema history yet: nothing applied; the rest still matters.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                match read_only(&client).await {
+                    Ok(cause) => (None, cause),
+                    Err(e) => return Readiness::from_error(e),
+                }
+            }
+            Err(e) => return Readiness::from_error(e),
+        };
+        if let Some(why) = read_only {
+            Readiness::ReadOnly(why)
+        } else if applied != Some(latest) {
+            Readiness::MigrationsPending { applied, latest }
+        } else {
+            Readiness::Ready
+        }
+    }
+}
+
+/// Why a session cannot write: `pg_is_in_recovery()` and `transaction_read_only`, in that order.
+fn read_only_cause(in_recovery: bool, read_only: bool) -> Option<&'static str> {
+    if in_recovery {
+        Some("in recovery")
+    } else if read_only {
+        Some("default_transaction_read_only is on")
+    } else {
+        None
+    }
+}
+
+/// [`read_only_cause`] of this session.
+async fn read_only(
+    client: &tokio_postgres::Client,
+) -> Result<Option<&'static str>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await?;
+    Ok(read_only_cause(row.get(0), row.get(1)))
+}
+
+/// What [`Store::ready`] found. Its text is the `postgres` field of `/readyz`: `ok`, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// No connection (refused, timed out, TLS or authentication failed), with the cause chain.
+    Unreachable(String),
+    MigrationsPending {
+        applied: Option<i64>,
+        latest: i64,
+    },
+    /// Connected, but writes would fail.
+    ReadOnly(&'static str),
+    /// Connected, and the check itself failed (a statement time-out, a missing privilege).
+    CheckFailed(String),
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        *self == Readiness::Ready
+    }
+
+    fn from_error(e: tokio_postgres::Error) -> Readiness {
+        let unreachable = e.as_db_error().is_none();
+        let text = crate::telemetry::cause_chain(&StoreError::Postgres(e));
+        if unreachable {
+            Readiness::Unreachable(text)
+        } else {
+            Readiness::CheckFailed(text)
+        }
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Readiness::Ready => f.write_str("ok"),
+            Readiness::Unreachable(why) => write!(f, "not reachable: {why}"),
+            Readiness::MigrationsPending {
+                applied: None,
+                latest,
+            } => write!(f, "migrations not applied (none of {latest})"),
+            Readiness::MigrationsPending {
+                applied: Some(applied),
+                latest,
+            } => write!(
+                f,
+                "migrations not applied (at version {applied}, this build needs {latest})"
+            ),
+            Readiness::ReadOnly(why) => write!(f, "read-only ({why})"),
+            Readiness::CheckFailed(why) => write!(f, "readiness check failed: {why}"),
+        }
     }
 }
 
@@ -152,6 +280,34 @@ fn session_options(statement_timeout_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_says_why_in_the_words_of_readyz() {
+        let said = |r: Readiness| (r.is_ready(), r.to_string());
+        assert_eq!(said(Readiness::Ready), (true, "ok".into()));
+        let standby = Readiness::ReadOnly(read_only_cause(true, true).unwrap());
+        assert_eq!(said(standby), (false, "read-only (in recovery)".into()));
+        let read_only = Readiness::ReadOnly(read_only_cause(false, true).unwrap());
+        assert_eq!(
+            said(read_only),
+            (
+                false,
+                "read-only (default_transaction_read_only is on)".into()
+            )
+        );
+        assert_eq!(read_only_cause(false, false), None);
+        let behind = Readiness::MigrationsPending {
+            applied: Some(4),
+            latest: 6,
+        };
+        assert_eq!(
+            said(behind),
+            (
+                false,
+                "migrations not applied (at version 4, this build needs 6)".into()
+            )
+        );
+    }
 
     #[test]
     fn sessions_time_out_and_never_jit() {

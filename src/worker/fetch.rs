@@ -196,11 +196,12 @@ async fn requeue_not_held(ctx: &Ctx) -> Result<u64, QueueError> {
     ctx.queue.requeue(&stranded).await
 }
 
-/// Waits, with backoff, until PostgreSQL answers again; orders stay safe on the queue meanwhile.
+/// Waits, with backoff, until PostgreSQL answers again and takes writes (not a standby); orders
+/// stay safe on the queue meanwhile.
 async fn wait_for_database(ctx: &Ctx, shutdown: &Shutdown) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
-        if matches!(ctx.store.ready().await, Ok(true)) {
+        if ctx.store.ready().await.is_ready() {
             if ctx.db_down.swap(false, Ordering::Relaxed) {
                 info!(ctx.log, "PostgreSQL answers again, claiming orders");
             }

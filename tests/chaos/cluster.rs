@@ -218,8 +218,10 @@ pub struct PostgresServer {
 }
 
 impl PostgresServer {
-    async fn start(log_dir: &Path) -> PostgresServer {
-        let dir = TempDir::new("postgres");
+    /// A server not started yet: its directories (owned by the `postgres` user when we are
+    /// root) and a free port.
+    fn unstarted(label: &str, log: PathBuf) -> PostgresServer {
+        let dir = TempDir::new(label);
         let run_as = postgres_user();
         std::fs::create_dir_all(dir.path().join("socket")).expect("socket dir");
         if let Some(user) = run_as {
@@ -228,28 +230,42 @@ impl PostgresServer {
                     .expect("chown the postgres dirs");
             }
         }
-        let mut server = PostgresServer {
+        PostgresServer {
             port: free_port(),
             dir,
             run_as,
-            log: log_dir.join("postgres.log"),
+            log,
             child: None,
-        };
-        let log = append(&server.log);
-        let mut initdb = server.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(server.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-            .arg("--no-sync")
+        }
+    }
+
+    /// Runs one of the PostgreSQL programs to its end with the arguments `args` adds, its
+    /// output to the server's log.
+    fn run_tool(&self, tool: &str, args: impl FnOnce(&mut Command) -> &mut Command) {
+        let log = append(&self.log);
+        let mut command = self.command(tool);
+        args(&mut command)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
-        let status = initdb.status().expect("run initdb");
+        let status = command
+            .status()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
         assert!(
             status.success(),
-            "initdb failed (see {})",
-            server.log.display()
+            "{tool} failed (see {})",
+            self.log.display()
         );
+    }
+
+    async fn start(log_dir: &Path) -> PostgresServer {
+        let mut server = Self::unstarted("postgres", log_dir.join("postgres.log"));
+        let data = server.data_dir();
+        server.run_tool("initdb", |c| {
+            c.arg("-D")
+                .arg(&data)
+                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+                .arg("--no-sync")
+        });
         server.spawn().await;
         server
             .connect("postgres")
@@ -316,15 +332,82 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A connection of the test's own, through the Unix socket: what pg_hba.conf asks of TCP
+    /// clients (TLS only, see [`PostgresServer::require_tls`]) is the service's business.
     pub async fn connect(
         &self,
         database: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config = self.url(database).parse()?;
-        config.connect_timeout(Duration::from_secs(2));
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path().join("socket"))
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect_timeout(Duration::from_secs(2));
         let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
+    }
+
+    /// Restarts the server with TLS on (`cert` and `key` for itself) and TCP clients accepted
+    /// over TLS only (`hostssl`; a plain connection is refused); with `client_ca`, they must
+    /// also present a certificate that CA signed (`clientcert=verify-ca`).
+    #[allow(dead_code)] // tests/postgres_tls.rs, not the chaos suite
+    pub async fn require_tls(&mut self, cert: &Path, key: &Path, client_ca: Option<&Path>) {
+        let data = self.data_dir();
+        // PostgreSQL wants its key readable by itself alone.
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).expect("copy a TLS file into the data dir");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .expect("chmod a TLS file");
+            if let Some(user) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(user.uid), Some(user.gid))
+                    .expect("chown a TLS file");
+            }
+        }
+        let mut settings =
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_string();
+        let mut hba =
+            "local all all trust\nlocal replication all trust\nhostssl all all 127.0.0.1/32 trust"
+                .to_string();
+        if let Some(ca) = client_ca {
+            std::fs::copy(ca, data.join("client-ca.crt")).expect("copy the client CA");
+            settings.push_str("ssl_ca_file = 'client-ca.crt'\n");
+            hba.push_str(" clientcert=verify-ca");
+        }
+        hba.push('\n');
+        std::fs::write(data.join("conf.d-tls.conf"), settings).expect("write the TLS settings");
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut conf, b"include 'conf.d-tls.conf'\n")
+            .expect("include the TLS settings");
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        self.stop_fast();
+        self.restart().await;
+    }
+
+    /// A hot standby of this server, streaming from it: a base backup over the Unix socket
+    /// (`pg_basebackup -R`), so with the same settings (TLS included), on a port of its own.
+    /// `pg_is_in_recovery()` is true there, and it takes no writes.
+    #[allow(dead_code)] // tests/postgres_tls.rs, not the chaos suite
+    pub async fn start_standby(&self) -> PostgresServer {
+        let log = self.log.with_file_name("postgres-standby.log");
+        let mut standby = Self::unstarted("postgres-standby", log);
+        let data = standby.data_dir();
+        standby.run_tool("pg_basebackup", |c| {
+            c.arg("-D")
+                .arg(&data)
+                .arg("-h")
+                .arg(self.dir.path().join("socket"))
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-R"])
+                .args(["--no-sync", "--checkpoint=fast"])
+        });
+        standby.spawn().await;
+        standby
     }
 
     /// Stops the server as `pg_ctl stop -m fast` would (SIGINT: roll back open transactions,

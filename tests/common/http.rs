@@ -127,6 +127,22 @@ pub async fn batch_ids(response: Response) -> Vec<Uuid> {
         .collect()
 }
 
+/// POSTs `n` valid orders (customers `<customer>-0`, `<customer>-1`, ...) in one batch to
+/// `batch_url` and returns their ids; anything but a 202 fails the test.
+pub async fn accept_batch(
+    http: &reqwest::Client,
+    batch_url: &str,
+    customer: &str,
+    n: usize,
+) -> Vec<Uuid> {
+    let batch: Vec<Value> = (0..n)
+        .map(|i| json!({"customer_id": format!("{customer}-{i}"), "items": ["sku-1"], "total": 1}))
+        .collect();
+    let response = http.post(batch_url).json(&batch).sent().await;
+    assert_eq!(response.status(), 202, "POST {batch_url}");
+    batch_ids(response).await
+}
+
 /// An order body with the total written exactly as given.
 pub fn order_body(customer: &Value, items: &Value, total: &str) -> String {
     format!(r#"{{"customer_id":{customer},"items":{items},"total":{total}}}"#)

@@ -72,6 +72,29 @@ pub fn test_log_path(vars: &HashMap<String, String>, name: &str) -> PathBuf {
     dir.join(format!("{prefix}-{name}.log"))
 }
 
+/// Runs the `orders` binary with `args`, and `env` as its whole environment (besides `PATH`),
+/// until it exits by itself (`healthcheck`, or a start that must fail); its exit status and
+/// output. Panics if it still runs after `timeout` (and kills it).
+pub async fn run_orders(
+    args: &[&str],
+    env: &HashMap<String, String>,
+    timeout: Duration,
+) -> std::process::Output {
+    let mut command = tokio::process::Command::from(dying_with_us(env!("CARGO_BIN_EXE_orders")));
+    let running = command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(timeout, running)
+        .await
+        .unwrap_or_else(|_| panic!("orders {args:?} still runs after {timeout:?}"))
+        .expect("run the orders binary")
+}
+
 /// One running `orders serve` process. Killed (SIGKILL) on drop.
 pub struct Process {
     pub name: String,

@@ -14,19 +14,17 @@
 #[path = "chaos/cluster.rs"]
 mod cluster;
 mod common;
-#[path = "chaos/tally.rs"]
-mod tally;
 
 use cluster::{Cluster, Fsync};
 use common::db::try_scalar;
 use common::http::batch_ids;
 use common::process::Process;
+use common::tally::{wait_until_settled, EventRule, Scene, Tally};
 use common::{wait_until, Sent};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
-use tally::{wait_until_settled, EventRule, Tally};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,7 +42,7 @@ const QUIET: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
-    let cluster = Cluster::start("sigkill-worker", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("sigkill-worker", Fsync::EverySec).await;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
         ("ORDERS_LEASE_MS", "1000"),
@@ -53,7 +51,7 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let mut doomed = cluster.start_service("doomed", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // The doomed worker gets a head start, so that it surely holds 500 orders...
     let mut accepted = post_orders(&api, 1000, 500).await;
@@ -114,7 +112,7 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
-    let cluster = Cluster::start("sigterm-worker", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("sigterm-worker", Fsync::EverySec).await;
     let shutdown_ms: u64 = 1500;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
@@ -124,7 +122,7 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let mut first = cluster.start_service("worker-1", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let accepted = post_orders(&api, 800, 400).await;
     let first_list = cluster.key(&format!("processing:{}", first.worker_id()));
@@ -201,13 +199,13 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_10_s_under_load_every_order_completes() {
-    let mut cluster = Cluster::start("postgres-down", Fsync::EverySec).await;
+    let mut cluster = Cluster::start_with("postgres-down", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "500-1500")];
     let front = cluster
         .start_service("front", "api,worker,notifier", &settings)
         .await;
     let _second = cluster.start_service("worker-2", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 600, 200).await;
     wait_until("200 orders processing", Duration::from_secs(30), || async {
@@ -240,7 +238,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     // 202 must survive it. With `everysec` an order answered within about the last second
     // before a kill -9 could be lost by Redis itself (the write to the file can be postponed
     // while a background fsync is slow), which is not what this checks.
-    let mut cluster = Cluster::start("redis-restart", Fsync::Always).await;
+    let mut cluster = Cluster::start_with("redis-restart", Fsync::Always).await;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "300-1000"),
         ("ORDERS_LEASE_MS", "2000"),
@@ -251,7 +249,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     let second = cluster
         .start_service("second", "api,worker", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let load = Load::start(
         vec![front.url("/orders/batch"), second.url("/orders/batch")],
@@ -330,13 +328,13 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
-    let cluster = Cluster::start("poison-and-duplicate", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("poison-and-duplicate", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "100-300")];
     let front = cluster
         .start_service("front", "api,worker,notifier", &settings)
         .await;
     let _second = cluster.start_service("worker-2", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 200, 100).await;
     let mut redis = cluster.redis().await;
@@ -414,7 +412,7 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
-    let cluster = Cluster::start("notifier-restart", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("notifier-restart", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "200-800")];
     let front = cluster
         .start_service("front", "api,worker", &settings)
@@ -422,7 +420,7 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
     let mut first = cluster
         .start_service("notifier-1", "notifier", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 300, 100).await;
     wait_until("100 notifications", Duration::from_secs(30), || async {
@@ -479,7 +477,7 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
-    let cluster = Cluster::start("worker-paused", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("worker-paused", Fsync::EverySec).await;
     const FETCH_LOOPS: usize = 2;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
@@ -490,7 +488,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let paused = cluster.start_service("paused", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // The worker to pause gets a head start, so that it surely holds orders...
     let mut accepted = post_orders(&api, 400, 200).await;
@@ -552,12 +550,12 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
-    let cluster = Cluster::start("lost-claim-reply", Fsync::EverySec).await;
+    let cluster = Cluster::start_with("lost-claim-reply", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "5000")];
     let service = cluster
         .start_service("all", "api,worker,notifier", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // Orders the worker holds, in their processing time...
     let mut accepted = post_orders(&service, 10, 10).await;

@@ -92,6 +92,14 @@ impl Process {
         env: &HashMap<String, String>,
         log: PathBuf,
     ) -> Process {
+        let mut process = Self::spawn(name, roles, env, log);
+        process.wait_started().await;
+        process
+    }
+
+    /// [`Process::start`] without waiting for anything: for a process that is expected not to
+    /// become ready.
+    pub fn spawn(name: &str, roles: &str, env: &HashMap<String, String>, log: PathBuf) -> Process {
         let port = free_port();
         let file = std::fs::File::create(&log).expect("create the service log");
         let child = dying_with_us(env!("CARGO_BIN_EXE_orders"))
@@ -106,15 +114,13 @@ impl Process {
             .stderr(file)
             .spawn()
             .expect("start the orders binary");
-        let mut process = Process {
+        Process {
             name: name.to_string(),
             roles: roles.to_string(),
             port,
             log: Log::File(log),
             child,
-        };
-        process.wait_started().await;
-        process
+        }
     }
 
     async fn wait_started(&mut self) {

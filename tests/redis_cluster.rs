@@ -1,0 +1,178 @@
+//! The service on a Redis Cluster of three masters (private servers on free ports), in
+//! `ORDERS_REDIS_MODE=cluster` with `REDIS_URL` at a node that never owns the `{orders}` slot:
+//! while orders flow, the slot is moved to another node by the real resharding protocol, and
+//! every order that got a 202 still ends completed exactly once, notified once, its event seen by
+//! a `redis-cli SUBSCRIBE order.completed` on that other node. Prints
+//!
+//! `cluster-reshard: accepted N, completed N, failed 0, lost 0, duplicated 0`
+//!
+//! Logs in `target/chaos-logs/<scenario>/` (servers in `servers/`, what was counted in
+//! `tally.txt`).
+
+mod common;
+
+use common::load::KeyedLoad;
+use common::process::Process;
+use common::redis_servers::{RedisCliSubscriber, RedisCluster};
+use common::servers::Stage;
+use common::tally::{wait_until_settled, EventRule, Scene, Tally, COMPLETED_CHANNEL};
+use common::wait_until;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Orders the clients post in all, and how many must be accepted before the slot moves.
+const ORDERS: usize = 600;
+const BEFORE_MOVE: usize = 150;
+/// Clients posting at once, and each one's pause between orders: a few hundred orders a second,
+/// so that the load lasts longer than the move.
+const CLIENTS: usize = 16;
+const PAUSE: Duration = Duration::from_millis(40);
+/// How long everything may take to settle after the load.
+const SETTLE: Duration = Duration::from_secs(45);
+
+async fn start_cluster(scenario: &str) -> Stage<RedisCluster> {
+    Stage::start(scenario, async |servers| {
+        RedisCluster::start(&servers, 3).await
+    })
+    .await
+}
+
+/// `GET /readyz` of a process: status and body.
+async fn readyz(service: &Process) -> (u16, String) {
+    let response = common::http::client()
+        .get(service.url("/readyz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET /readyz of {}: {e}", service.name));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
+    let stage = start_cluster("cluster-reshard").await;
+    let slot = stage.redis.slot_of(&stage.key("queue")).await;
+    let owner = stage.redis.owner_of(slot).await;
+    // `seed` never owns the slot: it is the service's only URL and the subscriber's node.
+    let (seed, target) = ((owner + 1) % 3, (owner + 2) % 3);
+    let seed_url = stage.redis.nodes[seed].url();
+    let settings = [
+        ("ORDERS_REDIS_MODE", "cluster"),
+        ("REDIS_URL", seed_url.as_str()),
+        ("ORDERS_PROCESSING_DELAY_MS", "50-300"),
+    ];
+    let front = stage
+        .start_service("front", "api,worker,notifier", &settings)
+        .await;
+    let second = stage.start_service("second", "api,worker", &settings).await;
+    for service in [&front, &second] {
+        let (status, body) = readyz(service).await;
+        assert_eq!(
+            status, 200,
+            "{} ready in cluster mode: {body}",
+            service.name
+        );
+    }
+    let subscriber = RedisCliSubscriber::start(
+        stage.redis.nodes[seed].port,
+        COMPLETED_CHANNEL,
+        stage.log_dir.join("redis-cli-subscribe.out"),
+    )
+    .await;
+
+    let load = KeyedLoad::start(
+        vec![front.url("/orders"), second.url("/orders")],
+        CLIENTS,
+        Some(ORDERS),
+        PAUSE,
+    );
+    wait_until(
+        "orders accepted before the move",
+        Duration::from_secs(30),
+        async || load.accepted() >= BEFORE_MOVE,
+    )
+    .await;
+    let started = Instant::now();
+    let moved_keys = stage.redis.move_slot(slot, target).await;
+    let took = started.elapsed();
+    let during = load.accepted();
+    let load = load.finish(false).await;
+    println!(
+        "slot {slot} of {} moved from node {owner} to node {target} ({moved_keys} keys) in \
+         {took:?}, with {during} of {ORDERS} orders accepted; REDIS_URL and redis-cli at node \
+         {seed}",
+        stage.key("queue")
+    );
+    println!("clients: {}", load.summary());
+    assert!(
+        load.given_up.is_empty(),
+        "orders given up: {:?}",
+        load.given_up
+    );
+    assert!(
+        during < ORDERS,
+        "the slot moved while orders were still being posted"
+    );
+    assert_eq!(
+        stage.redis.owner_of(slot).await,
+        target,
+        "the slot is on its new node"
+    );
+    for service in [&front, &second] {
+        let (status, body) = readyz(service).await;
+        assert_eq!(status, 200, "{} ready after the move: {body}", service.name);
+    }
+
+    let ids = load.ids();
+    wait_until_settled(&stage, &ids, SETTLE).await;
+    let events = subscriber.finish(Duration::from_secs(2)).await;
+    let seen: usize = events.values().sum();
+    println!("redis-cli SUBSCRIBE on node {seed} (not the owner) printed {seen} events");
+    let tally = Tally::count(&stage, &ids, &events).await;
+    // Nothing is killed here: every completed order is published once, and the publish reaches
+    // every node of the cluster.
+    tally.report(EventRule::ExactlyOne);
+    assert_eq!(tally.unexpected_rows, 0, "rows of orders never accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_mode_at_a_cluster_node_is_not_ready_and_says_moved() {
+    let stage = start_cluster("cluster-standalone-misconfigured").await;
+    let slot = stage.redis.slot_of(&stage.key("queue")).await;
+    let owner = stage.redis.owner_of(slot).await;
+    let elsewhere = stage.redis.nodes[(owner + 1) % 3].url();
+    let service = stage.spawn_service(
+        "standalone",
+        "api",
+        &[
+            ("ORDERS_REDIS_MODE", "standalone"),
+            ("REDIS_URL", elsewhere.as_str()),
+        ],
+    );
+    let mut last = (0, String::new());
+    let what = format!(
+        "/readyz 503 naming MOVED (see {})",
+        service.log.path().display()
+    );
+    wait_until(&what, Duration::from_secs(30), async || {
+        if let Ok(response) = common::http::client()
+            .get(service.url("/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            let status = response.status().as_u16();
+            last = (status, response.text().await.unwrap_or_default());
+        }
+        last.0 == 503
+    })
+    .await;
+    let (status, body) = last;
+    println!("standalone mode at a node without the slot: /readyz {status} {body}");
+    let json: Value = serde_json::from_str(&body).expect("/readyz answers JSON");
+    assert!(
+        json.to_string().contains("MOVED"),
+        "/readyz names MOVED: {body}"
+    );
+}

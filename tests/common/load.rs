@@ -126,6 +126,11 @@ impl KeyedLoad {
         self.result.lock().unwrap().accepted.len()
     }
 
+    /// [`LoadResult::first_accepted_after`], so far.
+    pub fn first_accepted_after(&self, since: Instant) -> Option<Duration> {
+        self.result.lock().unwrap().first_accepted_after(since)
+    }
+
     /// Waits for every client to finish its orders (with a `total`), or stops them first (each
     /// finishes the order it is retrying); what they saw.
     pub async fn finish(self, stop: bool) -> LoadResult {

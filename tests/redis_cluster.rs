@@ -86,12 +86,7 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
         Some(ORDERS),
         PAUSE,
     );
-    wait_until(
-        "orders accepted before the move",
-        Duration::from_secs(30),
-        async || load.accepted() >= BEFORE_MOVE,
-    )
-    .await;
+    load.wait_accepted(BEFORE_MOVE).await;
     let started = Instant::now();
     let moved_keys = stage.redis.move_slot(slot, target).await;
     let took = started.elapsed();
@@ -103,12 +98,7 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
          {seed}",
         stage.key("queue")
     );
-    println!("clients: {}", load.summary());
-    assert!(
-        load.given_up.is_empty(),
-        "orders given up: {:?}",
-        load.given_up
-    );
+    load.report();
     assert!(
         during < ORDERS,
         "the slot moved while orders were still being posted"

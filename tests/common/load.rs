@@ -63,6 +63,16 @@ impl LoadResult {
             .min()
     }
 
+    /// Prints what the clients saw, and fails if any order was given up.
+    pub fn report(&self) {
+        println!("clients: {}", self.summary());
+        assert!(
+            self.given_up.is_empty(),
+            "orders given up: {:?}",
+            self.given_up
+        );
+    }
+
     /// One line for the scenario's output.
     pub fn summary(&self) -> String {
         format!(
@@ -124,6 +134,15 @@ impl KeyedLoad {
     /// Orders accepted so far.
     pub fn accepted(&self) -> usize {
         self.result.lock().unwrap().accepted.len()
+    }
+
+    /// Waits until `n` orders are accepted (for up to 30 s).
+    pub async fn wait_accepted(&self, n: usize) {
+        let what = format!("{n} orders accepted");
+        super::wait_until(&what, Duration::from_secs(30), async || {
+            self.accepted() >= n
+        })
+        .await;
     }
 
     /// [`LoadResult::first_accepted_after`], so far.

@@ -34,6 +34,12 @@ async fn run<T: redis::FromRedisValue>(
         .unwrap_or_else(|e| panic!("{cmd:?} on 127.0.0.1:{port}: {e}"))
 }
 
+/// The servers' URLs, comma-separated, as `REDIS_URL` lists them outside standalone mode.
+fn url_list(servers: &[RedisServer]) -> String {
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    urls.join(",")
+}
+
 /// A Redis Cluster of masters only (no replicas), on 127.0.0.1.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
@@ -111,8 +117,7 @@ impl RedisCluster {
 
     /// Every node's URL, comma-separated: the seeds of a cluster client.
     pub fn seeds(&self) -> String {
-        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
-        urls.join(",")
+        url_list(&self.nodes)
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`), e.g. of `{orders}:queue`.
@@ -351,8 +356,7 @@ impl RedisSentinel {
 
     /// The sentinels' URLs, comma-separated (`REDIS_URL` of the service in sentinel mode).
     pub fn sentinel_urls(&self) -> String {
-        let urls: Vec<String> = self.sentinels.iter().map(RedisServer::url).collect();
-        urls.join(",")
+        url_list(&self.sentinels)
     }
 
     /// The master's address as the first sentinel that answers gives it

@@ -15,6 +15,13 @@ pub struct Config {
     pub db_pool_size: usize,
     pub db_statement_timeout_ms: u64,
     pub redis_url: String,
+    pub redis_mode: RedisMode,
+    pub redis_sentinel_master: String,
+    pub redis_ca_file: String,
+    pub redis_client_cert_file: String,
+    pub redis_client_key_file: String,
+    pub redis_min_replicas: u32,
+    pub redis_replica_timeout_ms: u64,
     pub redis_prefix: String,
     pub event_channel: String,
     pub failed_channel: String,
@@ -52,6 +59,18 @@ pub struct Config {
 pub enum LogFormat {
     Term,
     Json,
+}
+
+/// How Redis is deployed, and so what `REDIS_URL` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (`REDIS_URL` is its URL).
+    Standalone,
+    /// Redis Cluster (`REDIS_URL` lists seed nodes, comma-separated).
+    Cluster,
+    /// A primary watched by Sentinel (`REDIS_URL` lists the sentinels, comma-separated).
+    Sentinel,
 }
 
 /// The simulated processing time: uniform between `min` and `max` milliseconds.
@@ -220,7 +239,103 @@ impl Config {
             ));
         }
         check_admin_token(&self.admin_token)?;
+        self.check_redis()?;
         Ok(self)
+    }
+
+    /// The Redis settings must describe one deployment that can be reached: the URL list fits
+    /// the mode, TLS files are readable and only given with `rediss://`.
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let urls = self.redis_urls();
+        if urls.is_empty() {
+            return invalid("REDIS_URL (redis_url) is empty".into());
+        }
+        if self.redis_mode == RedisMode::Standalone && urls.len() > 1 {
+            return invalid(format!(
+                "REDIS_URL (redis_url) lists {} addresses: a list needs ORDERS_REDIS_MODE=cluster \
+                 (seed nodes) or sentinel (sentinels)",
+                urls.len()
+            ));
+        }
+        for (i, url) in urls.iter().enumerate() {
+            // The message leaves the URL out: it may hold a password.
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(*url) {
+                return invalid(format!(
+                    "REDIS_URL (redis_url): address {} of {} is not a Redis URL: {e}",
+                    i + 1,
+                    urls.len()
+                ));
+            }
+        }
+        let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+        if tls != 0 && tls != urls.len() {
+            return invalid(
+                "REDIS_URL (redis_url) mixes rediss:// and redis:// addresses: use one scheme"
+                    .into(),
+            );
+        }
+        let sentinel = self.redis_mode == RedisMode::Sentinel;
+        if sentinel && self.redis_sentinel_master.trim().is_empty() {
+            return invalid(
+                "ORDERS_REDIS_SENTINEL_MASTER (redis_sentinel_master) must name the master the \
+                 sentinels watch when ORDERS_REDIS_MODE=sentinel"
+                    .into(),
+            );
+        }
+        if !sentinel && !self.redis_sentinel_master.is_empty() {
+            return invalid(
+                "ORDERS_REDIS_SENTINEL_MASTER (redis_sentinel_master) is set but \
+                 ORDERS_REDIS_MODE is not sentinel"
+                    .into(),
+            );
+        }
+        let files = [
+            ("ORDERS_REDIS_CA_FILE (redis_ca_file)", &self.redis_ca_file),
+            (
+                "ORDERS_REDIS_CLIENT_CERT_FILE (redis_client_cert_file)",
+                &self.redis_client_cert_file,
+            ),
+            (
+                "ORDERS_REDIS_CLIENT_KEY_FILE (redis_client_key_file)",
+                &self.redis_client_key_file,
+            ),
+        ];
+        if self.redis_client_cert_file.is_empty() != self.redis_client_key_file.is_empty() {
+            return invalid(
+                "ORDERS_REDIS_CLIENT_CERT_FILE and ORDERS_REDIS_CLIENT_KEY_FILE go together: set \
+                 both (a client certificate) or neither"
+                    .into(),
+            );
+        }
+        for (name, path) in files.iter().filter(|(_, path)| !path.is_empty()) {
+            if tls == 0 {
+                return invalid(format!(
+                    "{name} is set but REDIS_URL (redis_url) does not use rediss:// (TLS)"
+                ));
+            }
+            if let Err(e) = std::fs::File::open(path) {
+                return invalid(format!("{name}: cannot read {path}: {e}"));
+            }
+        }
+        if !(1..=60_000).contains(&self.redis_replica_timeout_ms) {
+            return invalid(
+                "ORDERS_REDIS_REPLICA_TIMEOUT_MS (redis_replica_timeout_ms) must be between 1 \
+                 and 60000"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The addresses of `REDIS_URL`: one server, or (cluster and sentinel modes) a
+    /// comma-separated list of seed nodes or sentinels.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     /// Threads of the async runtime: `threads`, or half the CPUs (at least one) when it is 0.
@@ -386,6 +501,120 @@ mod tests {
         assert_eq!(config.admin_token(), Some(sixteen));
         let config = load(&[("ORDERS_ADMIN_TOKEN", "")]).unwrap();
         assert_eq!(config.admin_token(), None, "empty: admin routes disabled");
+    }
+
+    #[test]
+    fn redis_defaults_are_one_plain_server_without_wait() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.redis_mode, RedisMode::Standalone);
+        assert_eq!(config.redis_urls(), vec!["redis://127.0.0.1:6379"]);
+        assert_eq!(config.redis_min_replicas, 0);
+        assert_eq!(config.redis_replica_timeout_ms, 1000);
+        assert!(config.redis_ca_file.is_empty() && config.redis_sentinel_master.is_empty());
+    }
+
+    #[test]
+    fn redis_modes_take_lists_of_addresses() {
+        let config = load(&[
+            ("ORDERS_REDIS_MODE", "cluster"),
+            ("REDIS_URL", "redis://a:7000, redis://b:7001,redis://c:7002"),
+        ])
+        .unwrap();
+        assert_eq!(config.redis_mode, RedisMode::Cluster);
+        assert_eq!(config.redis_urls().len(), 3);
+        let config = load(&[
+            ("ORDERS_REDIS_MODE", "sentinel"),
+            ("ORDERS_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_URL", "redis://s1:26379,redis://s2:26379"),
+            ("ORDERS_REDIS_MIN_REPLICAS", "1"),
+            ("ORDERS_REDIS_REPLICA_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(config.redis_mode, RedisMode::Sentinel);
+        assert_eq!(config.redis_sentinel_master, "mymaster");
+        assert_eq!(
+            (config.redis_min_replicas, config.redis_replica_timeout_ms),
+            (1, 250)
+        );
+    }
+
+    /// Each wrong Redis setting is refused with a message that names it.
+    #[test]
+    fn wrong_redis_settings_are_named() {
+        let pem = std::env::temp_dir().join(format!("orders-config-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&pem, "not checked here").unwrap();
+        let pem = pem.to_str().unwrap();
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("ORDERS_REDIS_MODE", "ring")], "redis_mode"),
+            (
+                &[("REDIS_URL", "redis://a:1,redis://b:2")],
+                "ORDERS_REDIS_MODE=cluster",
+            ),
+            (&[("REDIS_URL", " , ")], "REDIS_URL (redis_url) is empty"),
+            (&[("REDIS_URL", "http://x")], "REDIS_URL (redis_url)"),
+            (
+                &[
+                    ("ORDERS_REDIS_MODE", "cluster"),
+                    ("REDIS_URL", "rediss://a:1,redis://b:2"),
+                ],
+                "mixes rediss://",
+            ),
+            (
+                &[("ORDERS_REDIS_MODE", "sentinel")],
+                "ORDERS_REDIS_SENTINEL_MASTER",
+            ),
+            (
+                &[("ORDERS_REDIS_SENTINEL_MASTER", "m")],
+                "ORDERS_REDIS_MODE is not sentinel",
+            ),
+            (
+                &[
+                    ("REDIS_URL", "rediss://h:1"),
+                    ("ORDERS_REDIS_CLIENT_CERT_FILE", pem),
+                ],
+                "ORDERS_REDIS_CLIENT_KEY_FILE go together",
+            ),
+            (
+                &[("ORDERS_REDIS_CA_FILE", pem)],
+                "ORDERS_REDIS_CA_FILE (redis_ca_file) is set but REDIS_URL",
+            ),
+            (
+                &[
+                    ("REDIS_URL", "rediss://h:1"),
+                    ("ORDERS_REDIS_CA_FILE", "/nonexistent/ca.pem"),
+                ],
+                "ORDERS_REDIS_CA_FILE (redis_ca_file): cannot read /nonexistent/ca.pem",
+            ),
+            (
+                &[("ORDERS_REDIS_REPLICA_TIMEOUT_MS", "0")],
+                "ORDERS_REDIS_REPLICA_TIMEOUT_MS",
+            ),
+            (
+                &[("ORDERS_REDIS_REPLICA_TIMEOUT_MS", "60001")],
+                "ORDERS_REDIS_REPLICA_TIMEOUT_MS",
+            ),
+            (&[("ORDERS_REDIS_MIN_REPLICAS", "-1")], "redis_min_replicas"),
+        ];
+        for (vars, named) in cases {
+            let error = load(vars).expect_err(named).to_string();
+            assert!(error.contains(named), "{vars:?}: {error}");
+        }
+        let config = load(&[
+            ("REDIS_URL", "rediss://user:secret@h:1"),
+            ("ORDERS_REDIS_CA_FILE", pem),
+            ("ORDERS_REDIS_CLIENT_CERT_FILE", pem),
+            ("ORDERS_REDIS_CLIENT_KEY_FILE", pem),
+        ])
+        .unwrap();
+        assert_eq!(config.redis_ca_file, pem);
+        let error = load(&[("REDIS_URL", "redis://user:secret@h:1,redis://h:2")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("secret"),
+            "the message repeats a password: {error}"
+        );
+        let _ = std::fs::remove_file(pem);
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use crate::backoff::Backoff;
 use crate::order::{Job, Money, Status};
+use crate::queue::Queue;
 use crate::store::Store;
-use crate::Shutdown;
+use crate::{RoleStatus, Shutdown};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -86,14 +88,22 @@ const NOTIFY_BATCH: usize = 512;
 /// and save PostgreSQL a transaction per handful of orders (three statements each).
 const NOTIFY_LINGER: Duration = Duration::from_millis(20);
 
+/// A subscription that lasts this long (or brings a message) counts as working: only then does
+/// the backoff start again from its shortest wait. One that ends sooner (refused channel
+/// permission, a server that drops it) is retried after ever longer waits.
+const SUBSCRIPTION_LASTED: Duration = Duration::from_secs(10);
+
 /// The notifier role: subscribes to the completion channel and notifies each customer once.
-/// When the subscription drops (Redis restarted) it resubscribes with backoff, and every
-/// `catch_up` it notifies completed orders whose event it missed.
+/// When the subscription drops (Redis restarted, a failover) it resubscribes with backoff, and
+/// every `catch_up` it notifies completed orders whose event it missed. `status.notifier` is
+/// true only while it is subscribed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_notifier(
-    client: redis::Client,
+    queue: Queue,
     channel: String,
     store: Store,
     catch_up: Duration,
+    status: Arc<RoleStatus>,
     shutdown: Shutdown,
     log: Logger,
 ) {
@@ -102,31 +112,39 @@ pub async fn run_notifier(
     let (events, received) = mpsc::unbounded_channel();
     let sender = tokio::spawn(send_notifications(store.clone(), received, log.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Failures since the last subscription that lasted: each is logged once, with its count,
+    // and each is followed by a longer wait, so a subscription refused forever logs a line per
+    // backoff step, not thousands a second.
+    let mut failures = 0u64;
     while !shutdown.is_cancelled() {
-        let mut pubsub = match client.get_async_pubsub().await {
+        let mut pubsub = match queue.subscriber().await {
             Ok(p) => p,
             Err(e) => {
-                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e);
+                failures += 1;
+                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e, "failures" => failures);
                 backoff.wait(&shutdown).await;
                 continue;
             }
         };
         if let Err(e) = pubsub.subscribe(&channel).await {
-            warn!(log, "subscribe failed, retrying"; "error" => %e);
+            failures += 1;
+            warn!(log, "subscribe failed, retrying"; "error" => %e, "failures" => failures);
             backoff.wait(&shutdown).await;
             continue;
         }
-        info!(log, "subscribed"; "channel" => &channel);
-        backoff.reset();
+        let subscribed = crate::RoleGuard::mark(&status.notifier);
+        if failures == 0 {
+            info!(log, "subscribed"; "channel" => &channel);
+        }
+        let since = tokio::time::Instant::now();
+        let mut lasted = false;
         let mut messages = pubsub.on_message();
         let mut tick = tokio::time::interval(catch_up);
         loop {
             tokio::select! {
                 message = messages.next() => {
-                    let Some(message) = message else {
-                        warn!(log, "subscription ended (Redis restarted?), resubscribing");
-                        break;
-                    };
+                    let Some(message) = message else { break };
+                    lasted = true;
                     match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
                         Ok(event) if event.status == Status::Completed => {
                             let _ = events.send(event.order_id);
@@ -148,6 +166,27 @@ pub async fn run_notifier(
                 },
                 _ = shutdown.cancelled() => break,
             }
+            if !lasted && since.elapsed() >= SUBSCRIPTION_LASTED {
+                lasted = true;
+            }
+            if lasted && failures > 0 {
+                info!(log, "subscribed"; "channel" => &channel, "after_failures" => failures);
+                failures = 0;
+                backoff.reset();
+            }
+        }
+        drop(subscribed);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if lasted {
+            backoff.reset();
+            warn!(log, "subscription ended (Redis restarted?), resubscribing");
+        } else {
+            failures += 1;
+            warn!(log, "subscription ended at once (no permission for the channel?), retrying";
+                "channel" => &channel, "failures" => failures);
+            backoff.wait(&shutdown).await;
         }
     }
     // Let the notifications received so far be sent.

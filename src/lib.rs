@@ -76,14 +76,16 @@ impl Roles {
 pub struct RoleStatus {
     pub configured: std::sync::OnceLock<Roles>,
     pub worker: std::sync::atomic::AtomicBool,
+    /// The notifier is subscribed to the completion channel right now (not merely running).
     pub notifier: std::sync::atomic::AtomicBool,
 }
 
-/// Marks a role running for as long as it lives (a panic unwinds through it too).
-struct RoleGuard<'a>(&'a std::sync::atomic::AtomicBool);
+/// Marks a role running (or the notifier subscribed) for as long as it lives (a panic unwinds
+/// through it too).
+pub(crate) struct RoleGuard<'a>(&'a std::sync::atomic::AtomicBool);
 
 impl<'a> RoleGuard<'a> {
-    fn mark(flag: &'a std::sync::atomic::AtomicBool) -> Self {
+    pub(crate) fn mark(flag: &'a std::sync::atomic::AtomicBool) -> Self {
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
         RoleGuard(flag)
     }
@@ -200,16 +202,15 @@ pub async fn start(
     }
     if roles.notifier {
         let notifier = events::run_notifier(
-            queue.client().clone(),
+            queue.clone(),
             config.event_channel.clone(),
             store.clone(),
             std::time::Duration::from_millis(config.notifier_catch_up_ms),
+            status.clone(),
             shutdown.clone(),
             log.clone(),
         );
-        let status = status.clone();
         set.spawn(async move {
-            let _running = RoleGuard::mark(&status.notifier);
             notifier.await;
             "notifier"
         });

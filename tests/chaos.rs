@@ -42,7 +42,7 @@ const QUIET: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
-    let cluster = Cluster::start_with("sigkill-worker", Fsync::EverySec).await;
+    let cluster = Cluster::start("sigkill-worker", Fsync::EverySec).await;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
         ("ORDERS_LEASE_MS", "1000"),
@@ -112,7 +112,7 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
-    let cluster = Cluster::start_with("sigterm-worker", Fsync::EverySec).await;
+    let cluster = Cluster::start("sigterm-worker", Fsync::EverySec).await;
     let shutdown_ms: u64 = 1500;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
@@ -199,7 +199,7 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_for_10_s_under_load_every_order_completes() {
-    let mut cluster = Cluster::start_with("postgres-down", Fsync::EverySec).await;
+    let mut cluster = Cluster::start("postgres-down", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "500-1500")];
     let front = cluster
         .start_service("front", "api,worker,notifier", &settings)
@@ -238,7 +238,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     // 202 must survive it. With `everysec` an order answered within about the last second
     // before a kill -9 could be lost by Redis itself (the write to the file can be postponed
     // while a background fsync is slow), which is not what this checks.
-    let mut cluster = Cluster::start_with("redis-restart", Fsync::Always).await;
+    let mut cluster = Cluster::start("redis-restart", Fsync::Always).await;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "300-1000"),
         ("ORDERS_LEASE_MS", "2000"),
@@ -328,7 +328,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
-    let cluster = Cluster::start_with("poison-and-duplicate", Fsync::EverySec).await;
+    let cluster = Cluster::start("poison-and-duplicate", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "100-300")];
     let front = cluster
         .start_service("front", "api,worker,notifier", &settings)
@@ -412,7 +412,7 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
-    let cluster = Cluster::start_with("notifier-restart", Fsync::EverySec).await;
+    let cluster = Cluster::start("notifier-restart", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "200-800")];
     let front = cluster
         .start_service("front", "api,worker", &settings)
@@ -477,7 +477,7 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
-    let cluster = Cluster::start_with("worker-paused", Fsync::EverySec).await;
+    let cluster = Cluster::start("worker-paused", Fsync::EverySec).await;
     const FETCH_LOOPS: usize = 2;
     let settings = [
         ("ORDERS_PROCESSING_DELAY_MS", "1000-3000"),
@@ -550,7 +550,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
-    let cluster = Cluster::start_with("lost-claim-reply", Fsync::EverySec).await;
+    let cluster = Cluster::start("lost-claim-reply", Fsync::EverySec).await;
     let settings = [("ORDERS_PROCESSING_DELAY_MS", "5000")];
     let service = cluster
         .start_service("all", "api,worker,notifier", &settings)

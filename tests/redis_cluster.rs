@@ -30,7 +30,7 @@ const PAUSE: Duration = Duration::from_millis(40);
 const SETTLE: Duration = Duration::from_secs(45);
 
 async fn start_cluster(scenario: &str) -> Stage<RedisCluster> {
-    Stage::start(scenario, async |servers| {
+    Stage::launch(scenario, async |servers| {
         RedisCluster::start(&servers, 3).await
     })
     .await

@@ -35,7 +35,7 @@ const SETTLE: Duration = Duration::from_secs(45);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_killed_mid_load_fails_over_and_loses_no_accepted_order() {
-    let mut stage = Stage::start("sentinel-failover", async |servers| {
+    let mut stage = Stage::launch("sentinel-failover", async |servers| {
         RedisSentinel::start(&servers, 2, 3).await
     })
     .await;

@@ -57,6 +57,13 @@ pub enum ApiError {
     /// Redis or PostgreSQL failed; the cause is for the log only.
     #[error("a backing service is unavailable, retry later")]
     Unavailable(#[source] Box<dyn Error + Send + Sync>),
+    /// The orders are queued on the Redis primary, but fewer replicas than required
+    /// (`ORDERS_REDIS_MIN_REPLICAS`) acknowledged them in time.
+    #[error(
+        "the order is queued but only {acked} of the {wanted} Redis replicas required have it; \
+         retry with the same Idempotency-Key"
+    )]
+    NotReplicated { wanted: u32, acked: u32 },
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -98,6 +105,7 @@ impl ApiError {
             ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotReplicated { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_replicated"),
         }
     }
 
@@ -121,7 +129,10 @@ impl ApiError {
                 .insert("connection", HeaderValue::from_static("close"));
         }
         let retry_after = match self {
-            ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::Overloaded(_) => Some(1),
+            ApiError::Unavailable(_)
+            | ApiError::QueueFull
+            | ApiError::Overloaded(_)
+            | ApiError::NotReplicated { .. } => Some(1),
             ApiError::TooManyFailures(seconds) => Some(*seconds),
             _ => None,
         };
@@ -172,7 +183,12 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl From<crate::queue::QueueError> for ApiError {
     fn from(e: crate::queue::QueueError) -> Self {
-        ApiError::Unavailable(Box::new(e))
+        match e {
+            crate::queue::QueueError::NotReplicated { wanted, acked } => {
+                ApiError::NotReplicated { wanted, acked }
+            }
+            e => ApiError::Unavailable(Box::new(e)),
+        }
     }
 }
 

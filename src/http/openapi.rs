@@ -180,6 +180,10 @@ mod tests {
             ApiError::BodyTimeout,
             ApiError::TooManyFailures(1),
             ApiError::Unavailable(String::new().into()),
+            ApiError::NotReplicated {
+                wanted: 1,
+                acked: 0,
+            },
         ];
         // Does not compile once a variant is added: add it to `errors` too.
         let _every_variant_is_listed = |e: &ApiError| match e {
@@ -200,7 +204,8 @@ mod tests {
             | ApiError::Overloaded(_)
             | ApiError::BodyTimeout
             | ApiError::TooManyFailures(_)
-            | ApiError::Unavailable(_) => (),
+            | ApiError::Unavailable(_)
+            | ApiError::NotReplicated { .. } => (),
         };
         let sent: Vec<&str> = errors.iter().map(|e| e.status_and_code().1).collect();
         let mut a = documented.clone();

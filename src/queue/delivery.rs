@@ -3,8 +3,7 @@
 //! and acknowledges them, schedules a retry ([`super::retry`]) or dead-letters them.
 
 use super::script::Lua;
-use super::{Queue, QueueError};
-use redis::aio::MultiplexedConnection;
+use super::{BlockingConnection, Queue, QueueError};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -64,26 +63,25 @@ impl WorkerQueue {
     }
 
     /// A connection for one fetch loop's blocking pops. Drop it with
-    /// [`deadpool_redis::Connection::take`] after an error, so a broken one is not reused.
-    pub async fn blocking_connection(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        Ok(self.queue.blocking.get().await?)
+    /// [`BlockingConnection::discard`] after an error, so a broken one is not reused.
+    pub async fn blocking_connection(&self) -> Result<BlockingConnection, QueueError> {
+        self.queue.deployment.blocking_connection().await
     }
 
     /// Waits up to a second for the next order and moves it, atomically, from the queue into
     /// this worker's processing list, where it stays until acknowledged.
     pub async fn claim(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut BlockingConnection,
     ) -> Result<Option<Vec<u8>>, QueueError> {
-        let payload: Option<Vec<u8>> = redis::cmd("BLMOVE")
+        let mut blmove = redis::cmd("BLMOVE");
+        blmove
             .arg(self.queue.keys.queue())
             .arg(&self.processing)
             .arg("RIGHT")
             .arg("LEFT")
-            .arg(CLAIM_BLOCK_SECONDS)
-            .query_async(conn)
-            .await?;
-        Ok(payload)
+            .arg(CLAIM_BLOCK_SECONDS);
+        Ok(conn.query(&blmove).await?)
     }
 
     /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,

@@ -2,9 +2,8 @@
 //! call, and the lookup of an accepted order that no worker has acknowledged yet.
 
 use super::script::Lua;
-use super::{Keys, Queue, QueueError};
+use super::{Connection, Keys, Queue, QueueError};
 use crate::order::Job;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +72,14 @@ pub enum Enqueued {
     SeenUnreadable,
 }
 
+/// How many replicas must have an enqueue before its requests are answered
+/// (`ORDERS_REDIS_MIN_REPLICAS`; 0: no `WAIT`), and how long to wait for them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replication {
+    pub(super) min_replicas: u32,
+    pub(super) timeout_ms: u64,
+}
+
 /// One request's orders on their way to the queue.
 pub(super) struct Submission {
     /// (order id, payload) of each order.
@@ -134,102 +141,172 @@ impl Queue {
 
 /// Starts the enqueuer task; it ends when every sender (every [`Queue`] clone) is gone.
 pub(super) fn start_enqueuer(
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Arc<Keys>,
     max_depth: u64,
+    replication: Replication,
 ) -> mpsc::Sender<Submission> {
     let (enqueuer, submissions) = mpsc::channel(ENQUEUER_BACKLOG);
-    tokio::spawn(enqueue_together(conn, keys, max_depth, submissions));
+    let lots = Lots {
+        conn,
+        keys,
+        max_depth,
+        replication,
+    };
+    tokio::spawn(enqueue_together(lots, submissions));
     enqueuer
+}
+
+/// What each enqueue call needs besides its requests.
+struct Lots {
+    conn: Connection,
+    keys: Arc<Keys>,
+    max_depth: u64,
+    replication: Replication,
 }
 
 /// Takes every request waiting and enqueues them in one script call, then the next lot, so under
 /// load one round trip and one script run carry many orders. Each request still succeeds or
 /// fails on its own, all its orders or none.
-async fn enqueue_together(
-    mut conn: ConnectionManager,
-    keys: Arc<Keys>,
-    max_depth: u64,
-    mut submissions: mpsc::Receiver<Submission>,
-) {
+async fn enqueue_together(mut lots: Lots, mut submissions: mpsc::Receiver<Submission>) {
     let mut waiting = Vec::with_capacity(ENQUEUE_REQUESTS);
     while submissions.recv_many(&mut waiting, ENQUEUE_REQUESTS).await > 0 {
         let mut lot: Vec<Submission> = Vec::with_capacity(waiting.len());
         let mut orders = 0;
         for submission in waiting.drain(..) {
             if orders + submission.orders.len() > ENQUEUE_ORDERS && !lot.is_empty() {
-                enqueue_lot(&mut conn, &keys, max_depth, std::mem::take(&mut lot)).await;
+                lots.enqueue(std::mem::take(&mut lot)).await;
                 orders = 0;
             }
             orders += submission.orders.len();
             lot.push(submission);
         }
-        enqueue_lot(&mut conn, &keys, max_depth, lot).await;
+        lots.enqueue(lot).await;
     }
 }
 
-/// One script call for the requests of `lot`; answers each of them.
-async fn enqueue_lot(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    max_depth: u64,
-    lot: Vec<Submission>,
-) {
-    let mut call_keys = vec![keys.queue(), keys.pending()];
-    call_keys.extend(
-        lot.iter()
-            .filter_map(|s| s.idempotency.as_ref())
-            .map(|(key, _)| key.as_str()),
-    );
-    let mut call = ENQUEUE.call(&call_keys);
-    call.arg(IDEMPOTENCY_TTL_SECONDS).arg(max_depth);
-    let mut key_index = 2;
-    for submission in &lot {
-        let n = submission.orders.len() as i64;
-        match &submission.idempotency {
-            Some((_, record)) => {
-                key_index += 1;
-                call.arg(-n).arg(key_index).arg(record);
+impl Lots {
+    /// One script call for the requests of `lot` (followed by `WAIT` when replicas are
+    /// required, in the same round trip); answers each of them.
+    async fn enqueue(&mut self, lot: Vec<Submission>) {
+        let keys = &self.keys;
+        let mut call_keys = vec![keys.queue(), keys.pending()];
+        call_keys.extend(
+            lot.iter()
+                .filter_map(|s| s.idempotency.as_ref())
+                .map(|(key, _)| key.as_str()),
+        );
+        let mut call = ENQUEUE.call(&call_keys);
+        call.arg(IDEMPOTENCY_TTL_SECONDS).arg(self.max_depth);
+        let mut key_index = 2;
+        for submission in &lot {
+            let n = submission.orders.len() as i64;
+            match &submission.idempotency {
+                Some((_, record)) => {
+                    key_index += 1;
+                    call.arg(-n).arg(key_index).arg(record);
+                }
+                None => {
+                    call.arg(n);
+                }
             }
-            None => {
-                call.arg(n);
+            for (id, payload) in &submission.orders {
+                call.arg(id).arg(payload);
             }
         }
-        for (id, payload) in &submission.orders {
-            call.arg(id).arg(payload);
+        let wanted = self.replication.min_replicas;
+        let reply = if wanted == 0 {
+            call.run::<Vec<String>>(&mut self.conn)
+                .await
+                .map(|reply| (reply, 0))
+        } else {
+            call.run_and_wait::<Vec<String>>(&mut self.conn, wanted, self.replication.timeout_ms)
+                .await
+        };
+        match reply {
+            Ok((reply, acked)) => {
+                let mut reply = reply.into_iter();
+                let status = reply.next().unwrap_or_default();
+                let mut status = status.bytes();
+                for submission in lot {
+                    let outcome = match status.next() {
+                        Some(b'o') => Ok(Enqueued::Accepted),
+                        Some(b'f') => Ok(Enqueued::QueueFull),
+                        Some(b's') => Ok(reply
+                            .next()
+                            .as_deref()
+                            .and_then(Replay::decode)
+                            .map_or(Enqueued::SeenUnreadable, Enqueued::Seen)),
+                        _ => Err(QueueError::EnqueueReply),
+                    };
+                    let _ = submission.reply.send(replicated(outcome, wanted, acked));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for submission in lot {
+                    let _ = submission.reply.send(Err(QueueError::Enqueue(e.clone())));
+                }
+            }
         }
     }
-    match call.run::<Vec<String>>(conn).await {
-        Ok(reply) => {
-            let mut reply = reply.into_iter();
-            let status = reply.next().unwrap_or_default();
-            let mut status = status.bytes();
-            for submission in lot {
-                let outcome = match status.next() {
-                    Some(b'o') => Ok(Enqueued::Accepted),
-                    Some(b'f') => Ok(Enqueued::QueueFull),
-                    Some(b's') => Ok(reply
-                        .next()
-                        .as_deref()
-                        .and_then(Replay::decode)
-                        .map_or(Enqueued::SeenUnreadable, Enqueued::Seen)),
-                    _ => Err(QueueError::EnqueueReply),
-                };
-                let _ = submission.reply.send(outcome);
-            }
+}
+
+/// An enqueue outcome once `acked` of the `wanted` replicas acknowledged the call: an accepted
+/// request, or a replay of one (which answers 202 too), is not answered as accepted until
+/// enough replicas have it. A full queue or an unreadable key changed nothing to replicate.
+fn replicated(
+    outcome: Result<Enqueued, QueueError>,
+    wanted: u32,
+    acked: u32,
+) -> Result<Enqueued, QueueError> {
+    match outcome {
+        Ok(Enqueued::Accepted | Enqueued::Seen(_)) if acked < wanted => {
+            Err(QueueError::NotReplicated { wanted, acked })
         }
-        Err(e) => {
-            let e = Arc::new(e);
-            for submission in lot {
-                let _ = submission.reply.send(Err(QueueError::Enqueue(e.clone())));
-            }
-        }
+        other => other,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_few_replicas_turn_an_acceptance_into_not_replicated() {
+        let seen = || {
+            Ok(Enqueued::Seen(Replay {
+                order_ids: vec![Uuid::nil()],
+                body: "{}".into(),
+            }))
+        };
+        assert!(matches!(
+            replicated(Ok(Enqueued::Accepted), 2, 1),
+            Err(QueueError::NotReplicated {
+                wanted: 2,
+                acked: 1
+            })
+        ));
+        assert!(matches!(
+            replicated(seen(), 1, 0),
+            Err(QueueError::NotReplicated {
+                wanted: 1,
+                acked: 0
+            })
+        ));
+        assert_eq!(
+            replicated(Ok(Enqueued::Accepted), 1, 1).unwrap(),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            replicated(Ok(Enqueued::Accepted), 0, 0).unwrap(),
+            Enqueued::Accepted
+        );
+        assert_eq!(
+            replicated(Ok(Enqueued::QueueFull), 1, 0).unwrap(),
+            Enqueued::QueueFull
+        );
+    }
 
     #[test]
     fn a_replay_record_round_trips() {

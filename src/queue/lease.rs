@@ -27,14 +27,25 @@ impl Queue {
         let mut conn = self.conn();
         let pattern = format!("{}processing:*", self.keys.tag());
         let prefix_len = pattern.len() - 1;
-        let lists: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-            let mut lists = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                lists.push(key?);
+        // SCAN walks one node: in a cluster, the one that owns the queue's slot, where every
+        // processing list lives (one hash tag).
+        let mut lists: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) =
+                conn.query_on_owner_of(self.keys.queue(), &scan).await?;
+            lists.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
             }
-            lists
-        };
+        }
         let owners: Vec<&str> = lists.iter().map(|k| &k[prefix_len..]).collect();
         if !owners.is_empty() {
             conn.sadd::<_, _, ()>(self.keys.workers(), owners).await?;

@@ -5,6 +5,7 @@
 //! function that runs it, and runs through [`script::Lua`]. Key names are in [`keys`].
 
 mod admin;
+mod connection;
 mod delivery;
 mod ingest;
 mod keys;
@@ -13,20 +14,35 @@ mod retry;
 mod script;
 
 pub use admin::{QueueGauges, Removal};
+pub use connection::{BlockingConnection, Connection};
 pub use delivery::{Ack, WorkerQueue};
 pub use ingest::{Enqueued, Replay, IDEMPOTENCY_TTL_SECONDS};
 pub use keys::Keys;
 
 use crate::config::Config;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncConnectionConfig;
+use connection::Deployment;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// A Redis call failed (unreachable, timed out, or refused the command).
+/// A Redis call failed (unreachable, timed out, or refused the command), or Redis could not be
+/// reached at start.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// At start: what could not be reached, naming the settings that chose it.
+    #[error("cannot connect to {what}")]
+    Connect {
+        what: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// At start: a file a setting names could not be read.
+    #[error("{setting}: cannot read {path}")]
+    ReadFile {
+        setting: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
@@ -41,6 +57,10 @@ pub enum QueueError {
     /// The enqueuer task is gone (the process is stopping).
     #[error("the enqueuer stopped")]
     EnqueuerStopped,
+    /// The orders were queued on the primary, but fewer replicas than `ORDERS_REDIS_MIN_REPLICAS`
+    /// acknowledged them within `ORDERS_REDIS_REPLICA_TIMEOUT_MS`.
+    #[error("queued, but only {acked} of the {wanted} replicas required acknowledged it")]
+    NotReplicated { wanted: u32, acked: u32 },
 }
 
 /// The Redis side of the service.
@@ -48,49 +68,35 @@ pub enum QueueError {
 pub struct Queue {
     /// One multiplexed connection that reconnects by itself: concurrent commands from many
     /// requests are pipelined on it (a pool checkout per request would serialise them).
-    conn: ConnectionManager,
-    /// Connections with no client-side response timeout, one per fetch loop, for BLMOVE.
-    blocking: deadpool_redis::Pool,
+    conn: Connection,
+    /// What makes the fetch loops' blocking connections and the notifier's subscriptions.
+    deployment: Arc<Deployment>,
     /// To the enqueuer task, which puts the orders of concurrent requests on the queue together.
     enqueuer: mpsc::Sender<ingest::Submission>,
     keys: Arc<Keys>,
-    client: redis::Client,
 }
 
 impl Queue {
-    /// Connects to Redis and starts the enqueuer; fails when Redis does not answer.
+    /// Connects to Redis as `ORDERS_REDIS_MODE` says and starts the enqueuer; fails when Redis
+    /// does not answer, with an error that names the settings involved.
     pub async fn connect(config: &Config) -> Result<Queue, QueueError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await?;
-        // A blocking pop waits longer than any response timeout would allow.
-        let blocking_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
-        let manager =
-            deadpool_redis::Manager::new_with_config(config.redis_url.as_str(), blocking_config)?;
-        let blocking = deadpool_redis::Pool::builder(manager)
-            .max_size(config.fetch_loops)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(2)))
-            .wait_timeout(Some(Duration::from_secs(2)))
-            .build()
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Client, "redis pool", e.to_string()))
-            })?;
+        let (conn, deployment) = Deployment::connect(config).await?;
         let keys = Arc::new(Keys::new(&config.redis_prefix));
-        let enqueuer = ingest::start_enqueuer(conn.clone(), keys.clone(), config.max_queue_depth);
+        let replication = ingest::Replication {
+            min_replicas: config.redis_min_replicas,
+            timeout_ms: config.redis_replica_timeout_ms,
+        };
+        let enqueuer = ingest::start_enqueuer(
+            conn.clone(),
+            keys.clone(),
+            config.max_queue_depth,
+            replication,
+        );
         Ok(Queue {
             conn,
-            blocking,
+            deployment: Arc::new(deployment),
             enqueuer,
             keys,
-            client,
         })
     }
 
@@ -99,9 +105,11 @@ impl Queue {
         &self.keys
     }
 
-    /// The client, for subscriptions (which need a connection of their own).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A new subscription connection (a subscription needs a connection of its own): to the one
+    /// server, to a cluster node that answers (events reach every node), or to the primary the
+    /// sentinels name.
+    pub async fn subscriber(&self) -> Result<redis::aio::PubSub, QueueError> {
+        Ok(self.deployment.subscriber().await?)
     }
 
     /// Whether Redis answers.
@@ -112,7 +120,7 @@ impl Queue {
     }
 
     /// The shared multiplexed connection (a clone is a handle on the same connection).
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Connection {
         self.conn.clone()
     }
 }

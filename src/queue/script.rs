@@ -1,7 +1,8 @@
 //! The one way the queue runs a Lua script: `EVALSHA`, loading the script first when Redis does
-//! not know it (restarted, or `SCRIPT FLUSH`).
+//! not know it (restarted, or `SCRIPT FLUSH`); optionally followed, in the same round trip, by
+//! `WAIT` for replicas.
 
-use redis::aio::ConnectionManager;
+use super::Connection;
 use redis::{Cmd, FromRedisValue, RedisResult, ToRedisArgs};
 use std::sync::OnceLock;
 
@@ -47,16 +48,40 @@ impl Call<'_> {
     }
 
     /// Runs the call; after a `NOSCRIPT` reply, loads the script and runs it once more.
-    pub(super) async fn run<T: FromRedisValue>(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> RedisResult<T> {
+    pub(super) async fn run<T: FromRedisValue>(&self, conn: &mut Connection) -> RedisResult<T> {
         match self.cmd.query_async(conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(e) if is_noscript(&e) => {
                 self.lua.script().prepare_invoke().load_async(conn).await?;
                 self.cmd.query_async(conn).await
             }
             other => other,
         }
     }
+
+    /// Runs the call and then `WAIT replicas timeout_ms`, pipelined in one round trip on the
+    /// same connection (in a cluster, to the node of the script's keys): the script's reply and
+    /// how many replicas acknowledged its writes. After `NOSCRIPT`, as [`Call::run`].
+    pub(super) async fn run_and_wait<T: FromRedisValue>(
+        self,
+        conn: &mut Connection,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisResult<(T, u32)> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.cmd)
+            .cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms);
+        match pipe.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                self.lua.script().prepare_invoke().load_async(conn).await?;
+                pipe.query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }

@@ -167,7 +167,7 @@ impl Fetcher {
                             warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
                             unsure = true;
                             drop(claiming);
-                            drop(deadpool_redis::Connection::take(conn));
+                            conn.discard();
                             backoff.wait(&shutdown).await;
                             continue 'connect;
                         }

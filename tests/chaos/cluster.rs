@@ -4,7 +4,7 @@
 //! data removed) when the [`Cluster`] is dropped, panic or not.
 
 use crate::common::events::Events;
-pub use crate::common::servers::Fsync;
+pub use crate::common::servers::{Fsync, RedisTls};
 use crate::common::servers::{RedisServer, Stage};
 use crate::common::tally::COMPLETED_CHANNEL;
 
@@ -15,9 +15,14 @@ pub type Cluster = Stage<RedisServer>;
 impl Cluster {
     /// Starts both servers. Logs go to `target/chaos-logs/<scenario>/`; the previous run's move
     /// to `<scenario>.previous/`, so that a rare failure survives one more run.
-    pub async fn start_with(scenario: &str, fsync: Fsync) -> Cluster {
-        Stage::start(scenario, async |servers| {
-            RedisServer::with_aof(&servers, fsync).await
+    pub async fn start(scenario: &str, fsync: Fsync) -> Cluster {
+        Self::start_with(scenario, fsync, None).await
+    }
+
+    /// [`Cluster::start`], with a Redis that speaks TLS only when `tls` is given.
+    pub async fn start_with(scenario: &str, fsync: Fsync, tls: Option<RedisTls>) -> Cluster {
+        Stage::launch(scenario, async |servers| {
+            RedisServer::with_aof(&servers, fsync, tls).await
         })
         .await
     }
@@ -30,6 +35,6 @@ impl Cluster {
     /// A subscriber to `order.completed` on the scenario's Redis, which counts events per order
     /// id and subscribes again when Redis restarts.
     pub async fn subscribe(&self) -> Events {
-        Events::subscribe(&self.redis.url(), COMPLETED_CHANNEL).await
+        Events::subscribe_with(self.redis.client(), COMPLETED_CHANNEL).await
     }
 }

@@ -30,7 +30,11 @@ struct Seen {
 impl Events {
     /// Subscribes to `channel` on the Redis at `url`, and returns once Redis has confirmed it.
     pub async fn subscribe(url: &str, channel: &str) -> Events {
-        let client = redis::Client::open(url).expect("redis url");
+        Self::subscribe_with(redis::Client::open(url).expect("redis url"), channel).await
+    }
+
+    /// [`Events::subscribe`] through `client` (one that speaks TLS, say).
+    pub async fn subscribe_with(client: redis::Client, channel: &str) -> Events {
         let seen = Arc::new(Mutex::new(Seen {
             events: Vec::new(),
             last: Instant::now(),

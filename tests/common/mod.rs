@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod certs;
 pub mod db;
 pub mod events;
 pub mod http;
@@ -22,6 +23,7 @@ pub mod proxy;
 pub mod redis_servers;
 pub mod servers;
 pub mod tally;
+pub mod temp;
 pub mod wait;
 
 // The names most tests use; each binary uses some of them.

@@ -182,6 +182,39 @@ impl Process {
     }
 }
 
+/// Runs `orders serve` with `env` as its whole environment (besides `PATH`), for a
+/// configuration it must refuse: waits up to `timeout` for it to exit (killing it and failing
+/// the test if it does not) and returns its exit status and everything it printed (also kept in
+/// `log`).
+pub fn run_refused(
+    env: &HashMap<String, String>,
+    log: PathBuf,
+    timeout: Duration,
+) -> (ExitStatus, String) {
+    let file = std::fs::File::create(&log).expect("create the service log");
+    let mut child = dying_with_us(env!("CARGO_BIN_EXE_orders"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .expect("start the orders binary");
+    let status = wait_child(&mut child, timeout);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "orders did not exit within {timeout:?} (see {})",
+            log.display()
+        );
+    };
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    (status, output)
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         // SIGKILL ends a process even while it is stopped (SIGSTOP).

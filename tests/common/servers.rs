@@ -5,6 +5,7 @@
 
 use super::process::{dying_with_us, free_port, signal, wait_child, Process};
 use super::tally::Scene;
+use super::temp::TempDir;
 use super::wait_until;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -30,30 +31,6 @@ pub fn scenario_log_dir(scenario: &str) -> PathBuf {
 fn pg_bin(tool: &str) -> PathBuf {
     let dir = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(tool)
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "orders-chaos-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create a temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Who PostgreSQL runs as: itself refuses to run as root, so a root test runs it as the
@@ -102,6 +79,8 @@ pub enum Fsync {
 /// port and directory.
 pub struct RedisServer {
     pub port: u16,
+    /// Set: the server speaks TLS only (`--port 0 --tls-port <port>`), with these files.
+    tls: Option<RedisTls>,
     /// What it is started with besides its port, address and directory.
     args: Vec<String>,
     /// The text of a config file given as the first argument (a sentinel needs one it can
@@ -112,22 +91,42 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// The PEM files of a TLS-only Redis: its certificate and key, and the CA it and its clients
+/// trust (clients may present a certificate: `--tls-auth-clients optional`).
+#[derive(Clone)]
+pub struct RedisTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl RedisServer {
-    /// A server with its append-only file on, logging to `<log_dir>/redis.log`.
-    pub async fn with_aof(log_dir: &Path, fsync: Fsync) -> RedisServer {
+    /// A server with its append-only file on, logging to `<log_dir>/redis.log`; speaking TLS
+    /// only when `tls` is given.
+    pub async fn with_aof(log_dir: &Path, fsync: Fsync, tls: Option<RedisTls>) -> RedisServer {
         let fsync = match fsync {
             Fsync::EverySec => "everysec",
             Fsync::Always => "always",
         };
         let args = ["--appendonly", "yes", "--appendfsync", fsync, "--save", ""];
-        Self::start(log_dir.join("redis.log"), None, &args).await
+        Self::start_with(log_dir.join("redis.log"), tls, None, &args).await
     }
 
     /// A server started as `redis-server [conf] --port P --bind 127.0.0.1 --dir D <args>`,
     /// logging to `log`; returns once it answers PING.
     pub async fn start(log: PathBuf, conf: Option<&str>, args: &[&str]) -> RedisServer {
+        Self::start_with(log, None, conf, args).await
+    }
+
+    async fn start_with(
+        log: PathBuf,
+        tls: Option<RedisTls>,
+        conf: Option<&str>,
+        args: &[&str],
+    ) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
+            tls,
             args: args.iter().map(|a| a.to_string()).collect(),
             conf: conf.map(str::to_string),
             dir: TempDir::new("redis"),
@@ -149,8 +148,20 @@ impl RedisServer {
             }
             command.arg(path);
         }
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "optional"]),
+        };
         let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.args)
@@ -174,7 +185,27 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client of this server (trusting its CA when it speaks TLS).
+    pub fn client(&self) -> redis::Client {
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca).expect("read the CA certificate")),
+                },
+            ),
+        };
+        client.expect("a client of the private redis")
     }
 
     /// Waits until the server answers PING (after loading its append-only file).
@@ -199,7 +230,7 @@ impl RedisServer {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)));
-        redis::Client::open(self.url())?
+        self.client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }
@@ -418,7 +449,7 @@ pub struct Stage<R> {
 impl<R: Topology> Stage<R> {
     /// Starts PostgreSQL and, at the same time, the Redis that `redis` starts (given the
     /// directory for server logs). Logs go to `target/chaos-logs/<scenario>/`.
-    pub async fn start(scenario: &str, redis: impl AsyncFnOnce(PathBuf) -> R) -> Stage<R> {
+    pub async fn launch(scenario: &str, redis: impl AsyncFnOnce(PathBuf) -> R) -> Stage<R> {
         let log_dir = scenario_log_dir(scenario);
         let servers = log_dir.join("servers");
         let (redis, postgres) =

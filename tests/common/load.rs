@@ -73,12 +73,19 @@ impl LoadResult {
         );
     }
 
+    /// The longest wait for a 202 (of the try that got it).
+    pub fn slowest(&self) -> Duration {
+        let waits = self.accepted.iter().map(|a| a.answered - a.sent);
+        waits.max().unwrap_or_default()
+    }
+
     /// One line for the scenario's output.
     pub fn summary(&self) -> String {
         format!(
-            "202s {} ({} after retries), answers {:?}, error codes {:?}, no answer {}",
+            "202s {} ({} after retries, slowest {:?}), answers {:?}, error codes {:?}, no answer {}",
             self.accepted.len(),
             self.retried(),
+            self.slowest(),
             self.statuses,
             self.error_codes,
             self.transport_errors

@@ -6,9 +6,9 @@
 //! Sentinel mode resolves the primary through the sentinels, and again when a command fails in a
 //! way a failover explains (`READONLY` from a demoted primary, a dropped or refused connection):
 //! one resolution at a time and at most one per [`RESOLVE_INTERVAL`], however many requests
-//! fail together. A command that failed with `READONLY` ran nowhere, so it is sent once more to
-//! the new primary; any other failed command returns its error (it may have run), and the caller
-//! retries or answers 503 as for any Redis error.
+//! fail together. A command that failed with `READONLY` or a refused connection ran nowhere, so
+//! it is sent once more to the new primary; any other failed command returns its error (it may
+//! have run), and the caller retries or answers 503 as for any Redis error.
 
 use super::QueueError;
 use crate::config::{Config, RedisMode};
@@ -379,8 +379,8 @@ impl Primary {
     }
 
     /// Runs a request on the primary; after an error a failover may explain, resolves the
-    /// primary again, and after `READONLY` (nothing ran) sends the request once more to the new
-    /// one.
+    /// primary again, and after `READONLY` or a refused connection (nothing ran) sends the
+    /// request once more to the new one.
     async fn run<'a, T, F, Fut>(&self, mut send: F) -> RedisResult<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
@@ -390,7 +390,9 @@ impl Primary {
         match send(current.conn.clone()).await {
             Err(e) if failover_may_explain(&e) => {
                 let changed = self.refresh(current.generation).await;
-                if changed && e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) {
+                let never_ran = e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+                    || e.is_connection_refusal();
+                if changed && never_ran {
                     send(self.current().conn.clone()).await
                 } else {
                     Err(e)

@@ -60,6 +60,10 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
         ("ORDERS_REDIS_MODE", "cluster"),
         ("REDIS_URL", seed_url.as_str()),
         ("ORDERS_PROCESSING_DELAY_MS", "50-300"),
+        // The service's default lease (the scenario env's is short, for kills): no worker dies
+        // here, and the move stalls Redis calls for about a second, which a 1.5 s lease does not
+        // always survive (a_live_worker_keeps_its_lease_while_its_slot_migrates says why).
+        ("ORDERS_LEASE_MS", "10000"),
     ];
     let front = stage
         .start_service("front", "api,worker,notifier", &settings)
@@ -123,8 +127,8 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
     // every node of the cluster.
     tally.report(EventRule::ExactlyOne);
     assert_eq!(tally.unexpected_rows, 0, "rows of orders never accepted");
-    // No worker died, so a second delivery is a reaper that took a live worker for dead: not a
-    // loss or a duplicate (the conditional update completes an order once), but said.
+    // No worker died, so nothing is delivered twice: a second delivery would be a reaper that
+    // took a live worker for dead.
     let db = stage.db().await;
     let redelivered: i64 = common::scalar(
         &db,
@@ -139,6 +143,11 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
             .log
             .logged_count("returned orders of dead workers to the queue");
     println!("orders delivered more than once: {redelivered}; returned by a reaper: {reaped}");
+    assert_eq!(
+        (redelivered, reaped),
+        (0, 0),
+        "a live worker taken for dead"
+    );
 }
 
 /// A service in standalone mode pointed at a cluster node that does not own the slot is loud
@@ -184,4 +193,93 @@ async fn standalone_mode_at_a_cluster_node_is_not_ready_and_says_moved() {
     .await;
     println!("standalone mode at a node without the slot: {verdict}");
     assert!(verdict.contains("MOVED"), "it names MOVED: {verdict}");
+}
+
+/// A worker that stays alive while its slot moves keeps its lease: for a while its heartbeat key
+/// is on the target while the rest of the slot is still on the source, and the renewals must
+/// follow the ASK there. Runs the move in steps: only the heartbeat is migrated, for two leases,
+/// then the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on redis-modes a4e8db3: the heartbeat pipeline answers `heartbeat failed: \
+            Ask` instead of following the ASK, so the lease lapses during a long migration"]
+async fn a_live_worker_keeps_its_lease_while_its_slot_migrates() {
+    let stage = start_cluster("cluster-heartbeat-moved").await;
+    let slot = stage.redis.slot_of(&stage.key("queue")).await;
+    let owner = stage.redis.owner_of(slot).await;
+    let (seed, target) = ((owner + 1) % 3, (owner + 2) % 3);
+    let seed_url = stage.redis.nodes[seed].url();
+    let lease = Duration::from_millis(1500);
+    let lease_ms = lease.as_millis().to_string();
+    let settings = [
+        ("ORDERS_REDIS_MODE", "cluster"),
+        ("REDIS_URL", seed_url.as_str()),
+        ("ORDERS_LEASE_MS", lease_ms.as_str()),
+        // Long enough that the worker holds every order across the whole move.
+        ("ORDERS_PROCESSING_DELAY_MS", "8000"),
+    ];
+    let service = stage
+        .start_service("front", "api,worker,notifier", &settings)
+        .await;
+    let worker = service.worker_id();
+    let load = KeyedLoad::start(vec![service.url("/orders")], 1, Some(5), Duration::ZERO);
+    let load = load.finish(false).await;
+    load.report();
+    let held = stage.key(&format!("processing:{worker}"));
+    let owner_node = &stage.redis.nodes[owner];
+    wait_until(
+        "the worker holds the 5 orders",
+        Duration::from_secs(10),
+        async || {
+            let mut conn = owner_node.conn().await;
+            redis::cmd("LLEN")
+                .arg(&held)
+                .query_async::<usize>(&mut conn)
+                .await
+                .is_ok_and(|n| n == 5)
+        },
+    )
+    .await;
+
+    let mut moving = stage.redis.begin_move(slot, target).await;
+    moving
+        .migrate(&[stage.key(&format!("heartbeat:{worker}"))])
+        .await;
+    tokio::time::sleep(lease * 2).await;
+    // An importing node answers for the slot only after ASKING.
+    let heartbeat = stage.key(&format!("heartbeat:{worker}"));
+    let target_node = &stage.redis.nodes[target];
+    let (left,): (i64,) = redis::pipe()
+        .cmd("ASKING")
+        .ignore()
+        .cmd("PTTL")
+        .arg(&heartbeat)
+        .query_async(&mut target_node.conn().await)
+        .await
+        .expect("PTTL of the heartbeat on the target");
+    let reaped = service
+        .log
+        .logged_count("returned orders of dead workers to the queue");
+    moving.migrate_rest().await;
+    moving.finish().await;
+
+    let ids = load.ids();
+    wait_until_settled(&stage, &ids, SETTLE).await;
+    let db = stage.db().await;
+    let redelivered: i64 = common::scalar(
+        &db,
+        "SELECT count(*) FROM orders WHERE attempts > 1 AND order_id = ANY($1)",
+        &[&ids],
+    )
+    .await;
+    println!(
+        "heartbeat on the target, the rest on the source for {lease:?} x 2: PTTL {left} ms \
+         there; {reaped} orders returned by the reaper, {redelivered} delivered twice"
+    );
+    assert!(
+        left > 0,
+        "the heartbeat was not renewed on the target (PTTL {left}; see {})",
+        service.log.path().display()
+    );
+    assert_eq!(reaped, 0, "the live worker's orders were taken back");
+    assert_eq!(redelivered, 0, "orders delivered twice");
 }

@@ -202,74 +202,118 @@ impl RedisCluster {
     /// meanwhile get ASK for keys already moved), then `SETSLOT NODE` on the target, the source
     /// and the other masters (clients get MOVED). Returns how many keys it moved.
     pub async fn move_slot(&self, slot: u16, to: usize) -> usize {
+        let mut moving = self.begin_move(slot, to).await;
+        moving.migrate_rest().await;
+        moving.finish().await
+    }
+
+    /// The first step of [`RedisCluster::move_slot`]: the slot importing on node `to` and
+    /// migrating on its owner, no key moved yet.
+    pub async fn begin_move(&self, slot: u16, to: usize) -> SlotMove<'_> {
         let from = self.owner_of(slot).await;
         assert_ne!(from, to, "slot {slot} is already on node {to}");
-        let (source, target) = (&self.nodes[from], &self.nodes[to]);
-        let (source_id, target_id) = (self.id_of(from).await, self.id_of(to).await);
-        let mut source_conn = source.conn().await;
-        let mut target_conn = target.conn().await;
-        let setslot = |state: &str, id: &str| {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
-            cmd
+        let moving = SlotMove {
+            cluster: self,
+            slot,
+            from,
+            to,
+            source: self.nodes[from].conn().await,
+            target_id: self.id_of(to).await,
+            moved: 0,
         };
+        let source_id = self.id_of(from).await;
+        let target = &self.nodes[to];
         let () = run(
-            &mut target_conn,
+            &mut target.conn().await,
             target.port,
-            &setslot("IMPORTING", &source_id),
+            &moving.setslot("IMPORTING", &source_id),
         )
         .await;
         let () = run(
-            &mut source_conn,
-            source.port,
-            &setslot("MIGRATING", &target_id),
+            &mut moving.source.clone(),
+            self.nodes[from].port,
+            &moving.setslot("MIGRATING", &moving.target_id),
         )
         .await;
-        let mut moved = 0;
+        moving
+    }
+}
+
+/// A slot half-way between two nodes (see [`RedisCluster::move_slot`]).
+pub struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: usize,
+    to: usize,
+    source: MultiplexedConnection,
+    target_id: String,
+    moved: usize,
+}
+
+impl SlotMove<'_> {
+    fn setslot(&self, state: &str, id: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(self.slot).arg(state).arg(id);
+        cmd
+    }
+
+    /// Moves these keys (of the slot) from the source to the target with one `MIGRATE`.
+    pub async fn migrate(&mut self, keys: &[String]) {
+        let target = &self.cluster.nodes[self.to];
+        // `NOKEY` (all of them gone meanwhile) is a status reply, not an error.
+        let _: redis::Value = run(
+            &mut self.source,
+            self.cluster.nodes[self.from].port,
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(target.port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(keys),
+        )
+        .await;
+        self.moved += keys.len();
+    }
+
+    /// Moves every key the source still holds, in batches of [`MIGRATE_BATCH`].
+    pub async fn migrate_rest(&mut self) {
         loop {
             let keys: Vec<String> = run(
-                &mut source_conn,
-                source.port,
+                &mut self.source,
+                self.cluster.nodes[self.from].port,
                 redis::cmd("CLUSTER")
                     .arg("GETKEYSINSLOT")
-                    .arg(slot)
+                    .arg(self.slot)
                     .arg(MIGRATE_BATCH),
             )
             .await;
             if keys.is_empty() {
-                break;
+                return;
             }
-            // `NOKEY` (all of them gone meanwhile) is a status reply, not an error.
-            let _: redis::Value = run(
-                &mut source_conn,
-                source.port,
-                redis::cmd("MIGRATE")
-                    .arg("127.0.0.1")
-                    .arg(target.port)
-                    .arg("")
-                    .arg(0)
-                    .arg(5000)
-                    .arg("KEYS")
-                    .arg(&keys),
-            )
-            .await;
-            moved += keys.len();
+            self.migrate(&keys).await;
             tokio::time::sleep(MIGRATE_PAUSE).await;
         }
-        // The target first, so that the slot is never without an owner that accepts it.
+    }
+
+    /// Gives the slot to the target on every master (the target first, so that the slot is
+    /// never without an owner that accepts it) and waits until all agree; the keys moved.
+    pub async fn finish(self) -> usize {
+        let (cluster, to, from) = (self.cluster, self.to, self.from);
         let mut order = vec![to, from];
-        order.extend((0..self.nodes.len()).filter(|i| *i != to && *i != from));
+        order.extend((0..cluster.nodes.len()).filter(|i| *i != to && *i != from));
         for i in order {
-            let node = &self.nodes[i];
+            let node = &cluster.nodes[i];
             let mut conn = node.conn().await;
-            let () = run(&mut conn, node.port, &setslot("NODE", &target_id)).await;
+            let () = run(&mut conn, node.port, &self.setslot("NODE", &self.target_id)).await;
         }
-        let what = format!("every node to see slot {slot} on node {to}");
+        let what = format!("every node to see slot {} on node {to}", self.slot);
         wait_until(&what, Duration::from_secs(10), async || {
-            self.owner_of(slot).await == to
+            cluster.owner_of(self.slot).await == to
         })
         .await;
-        moved
+        self.moved
     }
 }
 

@@ -247,8 +247,17 @@ pub fn recover(rejection: Rejection, log: &Logger) -> Response {
             }
         },
     };
-    if let ApiError::Unavailable(cause) = error {
-        warn!(log, "request failed: backing service unavailable"; "error" => cause_chain(cause.as_ref()));
+    match error {
+        ApiError::Unavailable(cause) => {
+            warn!(log, "request failed: backing service unavailable"; "error" => cause_chain(cause.as_ref()));
+        }
+        // Every request fails so while the replicas are down or behind: the log says which
+        // setting asks for them.
+        ApiError::NotReplicated { wanted, acked } => {
+            warn!(log, "orders queued but not replicated in time (ORDERS_REDIS_MIN_REPLICAS, ORDERS_REDIS_REPLICA_TIMEOUT_MS)";
+                "wanted" => wanted, "acked" => acked);
+        }
+        _ => {}
     }
     metrics::counter!(crate::stats::REJECTED, "reason" => error.status_and_code().1).increment(1);
     error.to_response()

@@ -155,9 +155,7 @@ impl BlockingConnection {
                 let reply = cmd.query_async(conn).await;
                 if let Err(e) = &reply {
                     // The loop reconnects after an error: to the new primary, if there is one.
-                    if failover_may_explain(e) {
-                        primary.refresh(*generation).await;
-                    }
+                    primary.noticed(*generation, e).await;
                 }
                 reply
             }
@@ -289,9 +287,7 @@ impl Deployment {
                         generation: current.generation,
                     },
                     Err(e) => {
-                        if failover_may_explain(&e) {
-                            primary.refresh(current.generation).await;
-                        }
+                        primary.noticed(current.generation, &e).await;
                         return Err(e.into());
                     }
                 }
@@ -321,13 +317,11 @@ impl Deployment {
             }
             Deployment::Sentinel(primary) => {
                 let current = primary.current();
-                match current.client.get_async_pubsub().await {
-                    Err(e) if failover_may_explain(&e) => {
-                        primary.refresh(current.generation).await;
-                        Err(e)
-                    }
-                    other => other,
+                let pubsub = current.client.get_async_pubsub().await;
+                if let Err(e) = &pubsub {
+                    primary.noticed(current.generation, e).await;
                 }
+                pubsub
             }
         }
     }
@@ -399,6 +393,14 @@ impl Primary {
                 }
             }
             other => other,
+        }
+    }
+
+    /// After `e` on a connection made at `generation`: resolves the primary again when a
+    /// failover may explain it, so that the next connection goes to the new one.
+    async fn noticed(&self, generation: u64, e: &RedisError) {
+        if failover_may_explain(e) {
+            self.refresh(generation).await;
         }
     }
 
@@ -619,4 +621,72 @@ fn describe(config: &Config, urls: &[&str], tls: &Tls) -> String {
             .into(),
     };
     format!("{what}{how}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars: std::collections::HashMap<&str, &str> = vars.iter().copied().collect();
+        Config::load_from(|name| vars.get(name).map(|v| v.to_string())).expect("a config")
+    }
+
+    #[test]
+    fn what_cannot_be_reached_is_named_without_the_password() {
+        let ca = std::env::temp_dir().join(format!("orders-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&ca, "not parsed here").unwrap();
+        let ca = ca.to_str().unwrap();
+        let tls = config(&[
+            ("REDIS_URL", "rediss://user:secret@redis.internal:6380"),
+            ("ORDERS_REDIS_CA_FILE", ca),
+        ]);
+        let text = describe(&tls, &tls.redis_urls(), &Tls::from_config(&tls).unwrap());
+        assert!(text.contains("redis.internal:6380 (REDIS_URL)"), "{text}");
+        assert!(
+            text.contains(&format!("ORDERS_REDIS_CA_FILE={ca}")),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        let roots = config(&[("REDIS_URL", "rediss://h:1")]);
+        let text = describe(&roots, &roots.redis_urls(), &Tls(None));
+        assert!(text.contains("system's root certificates"), "{text}");
+        let sentinel = config(&[
+            ("ORDERS_REDIS_MODE", "sentinel"),
+            ("ORDERS_REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_URL", "redis://:pw@s1:26379,redis://s2:26379"),
+        ]);
+        let text = describe(&sentinel, &sentinel.redis_urls(), &Tls(None));
+        assert!(
+            text.contains("\"mymaster\" through the sentinels s1:26379, s2:26379")
+                && text.contains("ORDERS_REDIS_SENTINEL_MASTER")
+                && !text.contains("pw"),
+            "{text}"
+        );
+        // A file that went away after the configuration was loaded is named by its setting.
+        std::fs::remove_file(ca).unwrap();
+        let error = Tls::from_config(&tls)
+            .err()
+            .expect("unreadable")
+            .to_string();
+        assert!(
+            error.starts_with("ORDERS_REDIS_CA_FILE: cannot read"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn only_errors_a_failover_explains_ask_the_sentinels_again() {
+        let server = |kind| RedisError::from((ErrorKind::Server(kind), "from the server"));
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert!(failover_may_explain(&server(ServerErrorKind::ReadOnly)));
+        assert!(failover_may_explain(&io(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+        assert!(failover_may_explain(&io(std::io::ErrorKind::BrokenPipe)));
+        assert!(!failover_may_explain(&server(ServerErrorKind::NoScript)));
+        assert!(!failover_may_explain(&server(
+            ServerErrorKind::ResponseError
+        )));
+    }
 }

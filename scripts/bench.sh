@@ -10,6 +10,9 @@
 #              the sustained completion rate (10th to 90th percentile of completion times): over
 #              the whole run, 5,000 perfect slots would complete 20,000 such orders at about
 #              2,000/s (fill, then the tail of the last delays), so the whole-run rate is shown too.
+#   replicated POST /orders against a private primary with one replica, ORDERS_REDIS_MIN_REPLICAS=0
+#              and =1 (each request waits for `WAIT 1`) alternating, 3 runs each: what the
+#              replica acknowledgement costs.
 #   idle       RSS 3 s after start-up.
 #   stats      GET /stats with a million orders stored (inserted with SQL).
 #
@@ -320,6 +323,40 @@ stop_pid "$BASE_PID"
 stop_service_and_reset
 INGEST_SVC_EXIT=$SVC_EXIT
 
+# --- replicated --------------------------------------------------------------------------------
+# A private primary and one replica (nothing on disk), so the shared Redis gets no replica.
+REPL_PRIMARY_PORT=$(free_port)
+REPL_REPLICA_PORT=$(free_port)
+for port in "$REPL_PRIMARY_PORT" "$REPL_REPLICA_PORT"; do
+    args=(--port "$port" --bind "$HOST" --save '' --appendonly no --dir "$RUN_DIR")
+    [[ $port == "$REPL_REPLICA_PORT" ]] && args+=(--replicaof "$HOST" "$REPL_PRIMARY_PORT")
+    redis-server "${args[@]}" >"$RUN_DIR/replicated.redis-$port.log" 2>&1 &
+    PIDS+=("$!")
+done
+for ((i = 0; i < 100; i++)); do
+    timeout 2 redis-cli -h "$HOST" -p "$REPL_REPLICA_PORT" INFO replication 2>/dev/null |
+        grep -q 'master_link_status:up' && break
+    sleep 0.1
+done
+((i < 100)) || die "the private replica did not sync with its primary in 10 s"
+REPL_URL="redis://$HOST:$REPL_PRIMARY_PORT"
+say "replicated: primary :$REPL_PRIMARY_PORT with one replica, MIN_REPLICAS 0 and 1 alternating, $INGEST_RUNS runs each"
+start_service replicated-0 api "REDIS_URL=$REPL_URL"
+REPL0_PID=$SVC_PID REPL0_PORT=$SVC_PORT
+start_service replicated-1 api "REDIS_URL=$REPL_URL" ORDERS_REDIS_MIN_REPLICAS=1
+REPL1_PID=$SVC_PID REPL1_PORT=$SVC_PORT
+load replicated-warmup-0 "http://$HOST:$REPL0_PORT" "$REPL0_PID" --count "$WARMUP_COUNT" --concurrency "$INGEST_CONCURRENCY" --no-events
+load replicated-warmup-1 "http://$HOST:$REPL1_PORT" "$REPL1_PID" --count "$WARMUP_COUNT" --concurrency "$INGEST_CONCURRENCY" --no-events
+for ((run = 1; run <= INGEST_RUNS; run++)); do
+    timeout 10 redis-cli -h "$HOST" -p "$REPL_PRIMARY_PORT" FLUSHALL >/dev/null
+    load "replicated-0-$run" "http://$HOST:$REPL0_PORT" "$REPL0_PID" "${INGEST_ARGS[@]}"
+    timeout 10 redis-cli -h "$HOST" -p "$REPL_PRIMARY_PORT" FLUSHALL >/dev/null
+    load "replicated-1-$run" "http://$HOST:$REPL1_PORT" "$REPL1_PID" "${INGEST_ARGS[@]}"
+done
+stop_pid "$REPL0_PID"
+stop_pid "$REPL1_PID"
+reset_state
+
 # --- drain -------------------------------------------------------------------------------------
 say "drain: $DRAIN_COUNT orders, zero delay, all roles, --batch $DRAIN_BATCH --concurrency $DRAIN_CONCURRENCY"
 start_service drain api,worker,notifier ORDERS_PROCESSING_DELAY_MS=0
@@ -384,9 +421,10 @@ stop_service_and_reset
 
 # --- the table ---------------------------------------------------------------------------------
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ingest_median() { # ingest_median baseline|service JQ
-    local r
-    for ((r = 1; r <= INGEST_RUNS; r++)); do j "ingest-$1-$r" "$2"; done | median
+ingest_median() { # ingest_median baseline|service|replicated-0|replicated-1 JQ
+    local r name=ingest-$1
+    [[ $1 == replicated-* ]] && name=$1
+    for ((r = 1; r <= INGEST_RUNS; r++)); do j "$name-$r" "$2"; done | median
 }
 ingest_list() {
     local r out=()
@@ -406,6 +444,9 @@ verdict() { # verdict VALUE >=|<= TARGET
 }
 
 B_RATE=$(ingest_median baseline .accept_rate)
+R0_RATE=$(ingest_median replicated-0 .accept_rate)
+R1_RATE=$(ingest_median replicated-1 .accept_rate)
+R_RATIO=$(awk -v a="$R1_RATE" -v b="$R0_RATE" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 S_RATE=$(ingest_median service .accept_rate)
 RATIO=$(awk -v s="$S_RATE" -v b="$B_RATE" 'BEGIN { printf "%.2f", (b > 0 ? s / b : 0) }')
 B_P50=$(ingest_median baseline .http_latency_ms.p50)
@@ -456,6 +497,10 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
     printf '| ingest: service (`--roles api`) | median %s orders/s (runs: %s); HTTP p50 %s ms, p99 %s ms | | |\n' \
         "$(num "$S_RATE")" "$(ingest_list service)" "$(ms "$S_P50")" "$(ms "$S_P99")"
     printf '| ingest: service / baseline | **%s×** | ≥ 0.8× baseline | %s |\n' "$RATIO" "$(verdict "$RATIO" ">=" 0.8)"
+    printf '| replicated: `MIN_REPLICAS=0`, one replica attached | median %s orders/s; HTTP p50 %s ms, p99 %s ms | | |\n' \
+        "$(num "$R0_RATE")" "$(ms "$(ingest_median replicated-0 .http_latency_ms.p50)")" "$(ms "$(ingest_median replicated-0 .http_latency_ms.p99)")"
+    printf '| replicated: `MIN_REPLICAS=1` (`WAIT 1`) | median %s orders/s; HTTP p50 %s ms, p99 %s ms; **%s×** the unreplicated rate | | |\n' \
+        "$(num "$R1_RATE")" "$(ms "$(ingest_median replicated-1 .http_latency_ms.p50)")" "$(ms "$(ingest_median replicated-1 .http_latency_ms.p99)")" "$R_RATIO"
     printf '| drain: completion rate | **%s orders/s** (%s) | ≥ 10,000 orders/s | %s |\n' \
         "$(num "$D_RATE")" "$(clean drain)" "$(verdict "$D_RATE" ">=" 10000)"
     printf '| drain: end to end | p50 %s ms, p99 %s ms, max %s ms; accept rate %s orders/s | | |\n' \
@@ -493,6 +538,11 @@ LOG_LINES=$(cat "$RUN_DIR"/*.service.log | grep -c . || true)
     for ((r = 1; r <= INGEST_RUNS; r++)); do
         run_row "ingest-baseline-$r"
         run_row "ingest-service-$r"
+    done
+    for name in replicated-warmup-0 replicated-warmup-1; do run_row "$name"; done
+    for ((r = 1; r <= INGEST_RUNS; r++)); do
+        run_row "replicated-0-$r"
+        run_row "replicated-1-$r"
     done
     for name in drain steady realistic; do run_row "$name"; done
 } >"$OUT_MD"

@@ -104,6 +104,12 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    /// The Redis user, or the node, cannot do what this process's roles need.
+    #[error("Redis cannot serve this process: {source}{}", hint(.source))]
+    Redis {
+        #[source]
+        source: queue::ProbeError,
+    },
     #[error("{0}")]
     Limits(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -111,6 +117,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+fn hint(e: &queue::ProbeError) -> String {
+    e.acl_hint().map(|h| format!("; {h}")).unwrap_or_default()
 }
 
 /// A started service.
@@ -152,6 +162,18 @@ pub async fn start(
     let store = store::Store::new(config)?;
     store.migrate().await?;
     let queue = queue::Queue::connect(config).await?;
+    // A missing permission otherwise shows only after orders were completed (no event, no ack).
+    let probe = Arc::new(queue::Probe::new(config, roles));
+    let acl_checked = queue
+        .probe(&probe)
+        .await
+        .map_err(|source| StartError::Redis { source })?;
+    if !acl_checked {
+        slog::warn!(
+            log,
+            "Redis before 7 cannot check ACLs: permissions not probed"
+        );
+    }
     tokio::spawn(stats::keep_up(shutdown.clone()));
     let mut set = JoinSet::new();
     let mut addr = None;
@@ -177,6 +199,7 @@ pub async fn start(
             admin: http::AdminAuth::new(config),
             cancelled_channel: config.cancelled_channel.clone(),
             roles: status.clone(),
+            probe: probe.clone(),
             log: log.new(slog::o!("role" => "api")),
         });
         let shutdown = shutdown.clone();

@@ -20,6 +20,8 @@ pub const FAILED: &str = "orders_failed_total";
 pub const RETRIED: &str = "orders_retried_total";
 /// Orders the reaper returned from dead workers.
 pub const RECOVERED: &str = "orders_recovered_total";
+/// Orders PostgreSQL held as `processing` with no trace left in Redis, put back on the queue.
+pub const REPAIRED: &str = "orders_repaired_total";
 /// Deliveries dropped because the order was already final or delivered twice.
 pub const DUPLICATES: &str = "orders_duplicates_suppressed_total";
 /// Customer notifications sent.

@@ -19,7 +19,7 @@ use cluster::{Cluster, Fsync};
 use common::db::try_scalar;
 use common::http::batch_ids;
 use common::process::Process;
-use common::tally::{wait_until_settled, EventRule, Scene, Tally};
+use common::tally::{wait_until_settled, EventRule, Tally};
 use common::{wait_until, Sent};
 use redis::AsyncCommands;
 use serde_json::{json, Value};

@@ -15,7 +15,7 @@ use common::load::KeyedLoad;
 use common::process::Process;
 use common::redis_servers::{RedisCliSubscriber, RedisCluster};
 use common::servers::Stage;
-use common::tally::{wait_until_settled, EventRule, Scene, Tally, COMPLETED_CHANNEL};
+use common::tally::{wait_until_settled, EventRule, Tally, COMPLETED_CHANNEL};
 use common::wait_until;
 use std::time::{Duration, Instant};
 

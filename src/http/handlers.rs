@@ -465,8 +465,10 @@ pub async fn metrics(api: Arc<Api>) -> Result<Response, ApiError> {
 
 /// `GET /readyz`: Redis and PostgreSQL answer and the migrations are applied.
 pub async fn ready(api: Arc<Api>) -> Response {
-    let redis = match api.queue.ping().await {
-        Ok(()) => "ok".to_string(),
+    // The probe, not a bare PING: a Redis that answers but refuses a permission, or a replica,
+    // cannot serve the roles either.
+    let redis = match api.queue.probe(&api.probe).await {
+        Ok(_) => "ok".to_string(),
         Err(e) => e.to_string(),
     };
     let postgres = match api.store.ready().await {
@@ -489,8 +491,13 @@ pub async fn ready(api: Arc<Api>) -> Response {
         (true, false) => "stopped",
     };
     let worker = role(configured.worker, &api.roles.worker);
-    let notifier = role(configured.notifier, &api.roles.notifier);
-    let ready = redis == "ok" && postgres == "ok" && worker != "stopped" && notifier != "stopped";
+    // The notifier's flag is set only while it is subscribed.
+    let notifier = match role(configured.notifier, &api.roles.notifier) {
+        "stopped" => "not subscribed",
+        other => other,
+    };
+    let ready =
+        redis == "ok" && postgres == "ok" && worker != "stopped" && notifier != "not subscribed";
     let body = json(&serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "redis": redis,

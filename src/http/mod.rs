@@ -67,6 +67,8 @@ pub struct Api {
     pub cancelled_channel: String,
     /// The roles of this process and whether they run.
     pub roles: Arc<crate::RoleStatus>,
+    /// What `/readyz` asks of Redis: the permissions this process's roles need.
+    pub probe: Arc<crate::queue::Probe>,
     pub log: Logger,
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 static CLAIM_WAITING: Lua = Lua::new(include_str!("claim_waiting.lua"));
 static REQUEUE: Lua = Lua::new(include_str!("requeue.lua"));
 static PUBLISH_AND_ACKNOWLEDGE: Lua = Lua::new(include_str!("publish_and_acknowledge.lua"));
+static DEAD_LETTER_AND_PUBLISH: Lua = Lua::new(include_str!("dead_letter_and_publish.lua"));
 
 /// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
 const CLAIM_BLOCK_SECONDS: f64 = 1.0;
@@ -115,7 +116,8 @@ impl WorkerQueue {
     /// Publishes the event of each order that has one, drops the orders from the processing list
     /// and the pending hash, and counts the completions, in one atomic round trip. `ack_id` names
     /// this acknowledgement: retried after a lost reply (Redis restarted), it does nothing the
-    /// second time, so no event goes out twice. The id is remembered for 120 s.
+    /// second time, so no event goes out twice. The id is remembered for 120 s. A refused
+    /// publish (no permission on the channel) changes nothing, so the retry does the whole thing.
     pub async fn publish_and_acknowledge(
         &self,
         acks: &[Ack<'_>],
@@ -142,7 +144,7 @@ impl WorkerQueue {
 
     /// Moves a payload that will never succeed, or whose attempts ran out, from the processing
     /// list to the dead letters, publishing `failed_event` (if any) on the failed channel, in one
-    /// atomic round trip.
+    /// atomic round trip; a refused publish leaves everything as it was.
     pub async fn dead_letter_and_publish(
         &self,
         payload: &[u8],
@@ -159,17 +161,16 @@ impl WorkerQueue {
                 .unwrap_or_default(),
         });
         let keys = &self.queue.keys;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some(message) = failed_event {
-            pipe.publish(&self.failed_channel, message).ignore();
-        }
-        pipe.lpush(keys.dead(), entry.to_string()).ignore();
-        pipe.lrem(&self.processing, -1, payload).ignore();
-        if let Some(id) = order_id {
-            pipe.hdel(keys.pending(), id.to_string()).ignore();
-        }
-        pipe.query_async::<()>(&mut self.queue.conn()).await?;
+        let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
+        DEAD_LETTER_AND_PUBLISH
+            .call(&[&self.processing, keys.dead(), keys.pending()])
+            .arg(&self.failed_channel)
+            .arg(failed_event.unwrap_or(""))
+            .arg(entry.to_string())
+            .arg(payload)
+            .arg(order_id)
+            .run::<i64>(&mut self.queue.conn())
+            .await?;
         Ok(())
     }
 }

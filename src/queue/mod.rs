@@ -1,7 +1,8 @@
 //! Redis, by stage of an order's path: [`ingest`] (enqueue, the pending lookup), [`delivery`]
 //! (claim, publish and acknowledge, dead letters), [`lease`] (heartbeats, the reaper, orphan
 //! adoption, retirement), [`retry`] (the schedule and its promotion) and [`admin`] (dead-letter
-//! listing and revival, removal, gauges). Each Lua script sits in a `.lua` file beside the one
+//! listing and revival, removal, gauges), [`probe`] (whether this Redis lets the roles do
+//! their work) and [`repair`] (orders PostgreSQL holds as processing that Redis lost). Each Lua script sits in a `.lua` file beside the one
 //! function that runs it, and runs through [`script::Lua`]. Key names are in [`keys`].
 
 mod admin;
@@ -10,6 +11,8 @@ mod delivery;
 mod ingest;
 mod keys;
 mod lease;
+mod probe;
+mod repair;
 mod retry;
 mod script;
 
@@ -18,6 +21,7 @@ pub use connection::{BlockingConnection, Connection};
 pub use delivery::{Ack, WorkerQueue};
 pub use ingest::{Enqueued, Replay, IDEMPOTENCY_TTL_SECONDS};
 pub use keys::Keys;
+pub use probe::{Probe, ProbeError};
 
 use crate::config::Config;
 use connection::Deployment;

@@ -1,10 +1,12 @@
 //! PostgreSQL: the pool, migrations and readiness here; the queries by what they serve:
 //! [`lifecycle`] (an order's status changes, as workers and the API make them), [`lookup`] (one
-//! order, and pages of the list), [`notifications`] (once per completed order) and [`stats`].
+//! order, and pages of the list), [`notifications`] (once per completed order), [`repair`]
+//! (orders left `processing` too long) and [`stats`].
 
 mod lifecycle;
 mod lookup;
 mod notifications;
+mod repair;
 mod stats;
 
 pub use lifecycle::CancelOutcome;

@@ -1,4 +1,5 @@
-//! The lease loop: renews this process's lease and returns the orders of dead workers.
+//! The lease loop: renews this process's lease, returns the orders of dead workers, and puts
+//! back the orders PostgreSQL holds as `processing` that Redis lost.
 
 use super::Ctx;
 use crate::stats;
@@ -7,9 +8,17 @@ use slog::{info, warn};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Renews this process's lease every third of it and returns the orders of dead workers to the
-/// queue every half lease, until `stop`.
-pub(super) async fn keep_lease_and_reap(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
+/// An order `processing` in PostgreSQL for this many leases with no trace in Redis is lost there:
+/// a live worker renews its lease every third of one, and a dead one's orders go back to the
+/// queue (and to `processing` again, with a new start time) within about one and a half.
+const REPAIR_AFTER_LEASES: u32 = 3;
+
+/// Orders one repair sweep looks at, at most.
+const REPAIR_BATCH: i64 = 1000;
+
+/// Renews this process's lease every third of it and, every half lease, returns the orders of
+/// dead workers to the queue and repairs the orders Redis lost, until `stop`.
+pub(super) async fn keep_lease_reap_and_repair(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
     let mut beat = tokio::time::interval(lease / 3);
     let mut reap = tokio::time::interval(lease / 2);
     let mut reaps: u64 = 0;
@@ -37,8 +46,30 @@ pub(super) async fn keep_lease_and_reap(ctx: Arc<Ctx>, lease: Duration, stop: Sh
                     }
                     Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
                 }
+                requeue_orders_redis_lost(&ctx, lease * REPAIR_AFTER_LEASES).await;
             }
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Puts back on the queue, from their rows, the orders `processing` in PostgreSQL for longer than
+/// `stuck_after` that Redis holds nowhere (a failover, or its last second of writes lost). A
+/// stale copy still somewhere is harmless: the redelivery counts a new attempt, which fences out
+/// the old one's completion, and a final order is never processed again.
+async fn requeue_orders_redis_lost(ctx: &Ctx, stuck_after: Duration) {
+    let stuck = match ctx.store.stuck_processing(stuck_after, REPAIR_BATCH).await {
+        Ok(stuck) => stuck,
+        Err(e) => return warn!(ctx.log, "looking for orders Redis lost failed"; "error" => %e),
+    };
+    match ctx.queue.queue().requeue_lost(&stuck).await {
+        Ok(repaired) => {
+            metrics::counter!(stats::REPAIRED).increment(repaired.len() as u64);
+            for order_id in repaired {
+                warn!(ctx.log, "order was processing with no trace in Redis, put back on the queue";
+                    "order_id" => order_id);
+            }
+        }
+        Err(e) => warn!(ctx.log, "putting back orders Redis lost failed"; "error" => %e),
     }
 }

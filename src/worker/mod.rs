@@ -7,7 +7,8 @@
 //!   completes, publishes and acknowledges whatever has finished, again a batch per round trip;
 //! - [`retry`]: a transient failure schedules the order's next try, an order whose tries ran out
 //!   is failed and dead-lettered, and a loop promotes the retries that are due;
-//! - [`lease`]: a loop renews this process's lease and reaps the orders of dead workers.
+//! - [`lease`]: a loop renews this process's lease, reaps the orders of dead workers, and puts
+//!   back on the queue the orders PostgreSQL holds as `processing` that Redis lost.
 //!
 //! An order is acknowledged (removed from this process's processing list) only after its final
 //! commit and its publish. If the process dies anywhere before that, the order is still in the
@@ -78,14 +79,15 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     let abort = Shutdown::new();
 
     // The lease must exist before the first claim, or a reaper could take the claimed orders.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while let Err(e) = ctx.queue.heartbeat(lease).await {
         warn!(ctx.log, "cannot register the worker, retrying"; "error" => %e);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.cancelled() => return,
+        backoff.wait(&shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
         }
     }
-    let keeper = tokio::spawn(lease::keep_lease_and_reap(
+    let keeper = tokio::spawn(lease::keep_lease_reap_and_repair(
         ctx.clone(),
         lease,
         abort.clone(),

@@ -4,7 +4,7 @@
 
 use super::steps::publish_and_acknowledge;
 use super::{now_ms, until_done, Ctx};
-use crate::backoff::retry_delay;
+use crate::backoff::{retry_delay, Backoff};
 use crate::events::Event;
 use crate::order::{Job, Status};
 use crate::queue::Ack;
@@ -20,11 +20,17 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(100);
 /// Moves the retries that are due back to the queue every [`PROMOTE_EVERY`], until `stop`.
 pub(super) async fn promote_due_retries(ctx: Arc<Ctx>, stop: Shutdown) {
     let mut promote = tokio::time::interval(PROMOTE_EVERY);
+    let mut backoff = Backoff::new(PROMOTE_EVERY, Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = promote.tick() => {
-                if let Err(e) = ctx.queue.queue().promote_due(now_ms()).await {
-                    debug!(ctx.log, "promoting due retries failed"; "error" => %e);
+                match ctx.queue.queue().promote_due(now_ms()).await {
+                    Ok(_) => backoff.reset(),
+                    // Not every tick while Redis refuses: the wait grows.
+                    Err(e) => {
+                        debug!(ctx.log, "promoting due retries failed"; "error" => %e);
+                        backoff.wait(&stop).await;
+                    }
                 }
             }
             _ = stop.cancelled() => return,

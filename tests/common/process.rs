@@ -97,6 +97,20 @@ impl Process {
         process
     }
 
+    /// Starts the process as [`Process::start`] does, for a configuration it must refuse: waits
+    /// for it to exit, and returns its exit status and everything it wrote (stdout and stderr).
+    pub async fn start_refused(
+        name: &str,
+        roles: &str,
+        env: &HashMap<String, String>,
+        log: PathBuf,
+    ) -> (ExitStatus, String) {
+        let mut process = Self::spawn(name, roles, env, log);
+        let status = process.wait_exit(Duration::from_secs(30)).await;
+        let output = std::fs::read_to_string(process.log.path()).unwrap_or_default();
+        (status, output)
+    }
+
     /// [`Process::start`] without waiting for anything: for a process that is expected not to
     /// become ready.
     pub fn spawn(name: &str, roles: &str, env: &HashMap<String, String>, log: PathBuf) -> Process {

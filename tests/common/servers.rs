@@ -475,6 +475,11 @@ impl<R: Topology> Stage<R> {
         ])
     }
 
+    /// A key under the service's default prefix: `queue` → `{orders}:queue`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{{orders}}:{name}")
+    }
+
     /// A fresh connection to the `orders` database.
     pub async fn db(&self) -> tokio_postgres::Client {
         self.postgres
@@ -532,8 +537,7 @@ impl<R: Topology> Scene for Stage<R> {
         self.redis.holder_of(&self.key("queue")).await
     }
 
-    /// The service's default prefix: `queue` → `{orders}:queue`.
     fn key(&self, name: &str) -> String {
-        format!("{{orders}}:{name}")
+        Stage::key(self, name)
     }
 }

@@ -29,10 +29,26 @@ const PAUSE: Duration = Duration::from_millis(40);
 /// How long everything may take to settle after the load.
 const SETTLE: Duration = Duration::from_secs(45);
 
-async fn start_cluster(scenario: &str) -> Stage<RedisCluster> {
-    Stage::launch(scenario, async |servers| {
+/// A fresh cluster of three masters, and for the `{orders}` slot: the slot, the node that owns
+/// it, one that never does (the service's only URL, the subscriber's node), and the one it is
+/// moved to.
+async fn start_cluster(scenario: &str) -> (Stage<RedisCluster>, u16, usize, usize, usize) {
+    let stage = Stage::launch(scenario, async |servers| {
         RedisCluster::start(&servers, 3).await
     })
+    .await;
+    let slot = stage.redis.slot_of(&stage.key("queue")).await;
+    let owner = stage.redis.owner_of(slot).await;
+    (stage, slot, owner, (owner + 1) % 3, (owner + 2) % 3)
+}
+
+/// How many of these orders were delivered to a worker more than once.
+async fn redelivered(stage: &Stage<RedisCluster>, ids: &[uuid::Uuid]) -> i64 {
+    common::scalar(
+        &stage.db().await,
+        "SELECT count(*) FROM orders WHERE attempts > 1 AND order_id = ANY($1)",
+        &[&ids],
+    )
     .await
 }
 
@@ -50,11 +66,7 @@ async fn readyz(service: &Process) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
-    let stage = start_cluster("cluster-reshard").await;
-    let slot = stage.redis.slot_of(&stage.key("queue")).await;
-    let owner = stage.redis.owner_of(slot).await;
-    // `seed` never owns the slot: it is the service's only URL and the subscriber's node.
-    let (seed, target) = ((owner + 1) % 3, (owner + 2) % 3);
+    let (stage, slot, owner, seed, target) = start_cluster("cluster-reshard").await;
     let seed_url = stage.redis.nodes[seed].url();
     let settings = [
         ("ORDERS_REDIS_MODE", "cluster"),
@@ -129,13 +141,7 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
     assert_eq!(tally.unexpected_rows, 0, "rows of orders never accepted");
     // No worker died, so nothing is delivered twice: a second delivery would be a reaper that
     // took a live worker for dead.
-    let db = stage.db().await;
-    let redelivered: i64 = common::scalar(
-        &db,
-        "SELECT count(*) FROM orders WHERE attempts > 1 AND order_id = ANY($1)",
-        &[&ids],
-    )
-    .await;
+    let redelivered = redelivered(&stage, &ids).await;
     let reaped = front
         .log
         .logged_count("returned orders of dead workers to the queue")
@@ -155,10 +161,8 @@ async fn a_slot_moved_while_orders_flow_loses_and_doubles_nothing() {
 /// names MOVED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_mode_at_a_cluster_node_is_not_ready_and_says_moved() {
-    let stage = start_cluster("cluster-standalone-misconfigured").await;
-    let slot = stage.redis.slot_of(&stage.key("queue")).await;
-    let owner = stage.redis.owner_of(slot).await;
-    let elsewhere = stage.redis.nodes[(owner + 1) % 3].url();
+    let (stage, _, _, seed, _) = start_cluster("cluster-standalone-misconfigured").await;
+    let elsewhere = stage.redis.nodes[seed].url();
     let mut service = stage.spawn_service(
         "standalone",
         "api",
@@ -203,10 +207,7 @@ async fn standalone_mode_at_a_cluster_node_is_not_ready_and_says_moved() {
 #[ignore = "fails on redis-modes a4e8db3: the heartbeat pipeline answers `heartbeat failed: \
             Ask` instead of following the ASK, so the lease lapses during a long migration"]
 async fn a_live_worker_keeps_its_lease_while_its_slot_migrates() {
-    let stage = start_cluster("cluster-heartbeat-moved").await;
-    let slot = stage.redis.slot_of(&stage.key("queue")).await;
-    let owner = stage.redis.owner_of(slot).await;
-    let (seed, target) = ((owner + 1) % 3, (owner + 2) % 3);
+    let (stage, slot, owner, seed, target) = start_cluster("cluster-heartbeat-moved").await;
     let seed_url = stage.redis.nodes[seed].url();
     let lease = Duration::from_millis(1500);
     let lease_ms = lease.as_millis().to_string();
@@ -264,13 +265,7 @@ async fn a_live_worker_keeps_its_lease_while_its_slot_migrates() {
 
     let ids = load.ids();
     wait_until_settled(&stage, &ids, SETTLE).await;
-    let db = stage.db().await;
-    let redelivered: i64 = common::scalar(
-        &db,
-        "SELECT count(*) FROM orders WHERE attempts > 1 AND order_id = ANY($1)",
-        &[&ids],
-    )
-    .await;
+    let redelivered = redelivered(&stage, &ids).await;
     println!(
         "heartbeat on the target, the rest on the source for {lease:?} x 2: PTTL {left} ms \
          there; {reaped} orders returned by the reaper, {redelivered} delivered twice"

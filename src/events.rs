@@ -111,31 +111,25 @@ pub async fn run_notifier(
     // Events go through a channel to one sender, which records them a batch per transaction.
     let (events, received) = mpsc::unbounded_channel();
     let sender = tokio::spawn(send_notifications(store.clone(), received, log.clone()));
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    // Failures since the last subscription that lasted: each is logged once, with its count,
-    // and each is followed by a longer wait, so a subscription refused forever logs a line per
-    // backoff step, not thousands a second.
-    let mut failures = 0u64;
+    let mut pacing = Resubscriptions::new();
     while !shutdown.is_cancelled() {
         let mut pubsub = match queue.subscriber().await {
             Ok(p) => p,
             Err(e) => {
-                failures += 1;
+                let failures = pacing.failed();
                 warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e, "failures" => failures);
-                backoff.wait(&shutdown).await;
+                pacing.wait(&shutdown).await;
                 continue;
             }
         };
         if let Err(e) = pubsub.subscribe(&channel).await {
-            failures += 1;
+            let failures = pacing.failed();
             warn!(log, "subscribe failed, retrying"; "error" => %e, "failures" => failures);
-            backoff.wait(&shutdown).await;
+            pacing.wait(&shutdown).await;
             continue;
         }
         let subscribed = crate::RoleGuard::mark(&status.notifier);
-        if failures == 0 {
-            info!(log, "subscribed"; "channel" => &channel);
-        }
+        info!(log, "subscribed"; "channel" => &channel, "after_failures" => pacing.failures);
         let since = tokio::time::Instant::now();
         let mut lasted = false;
         let mut messages = pubsub.on_message();
@@ -169,10 +163,8 @@ pub async fn run_notifier(
             if !lasted && since.elapsed() >= SUBSCRIPTION_LASTED {
                 lasted = true;
             }
-            if lasted && failures > 0 {
-                info!(log, "subscribed"; "channel" => &channel, "after_failures" => failures);
-                failures = 0;
-                backoff.reset();
+            if lasted && pacing.failures > 0 {
+                pacing.lasted();
             }
         }
         drop(subscribed);
@@ -180,19 +172,56 @@ pub async fn run_notifier(
             break;
         }
         if lasted {
-            backoff.reset();
+            pacing.lasted();
             warn!(log, "subscription ended (Redis restarted?), resubscribing");
         } else {
-            failures += 1;
+            let failures = pacing.failed();
             warn!(log, "subscription ended at once (no permission for the channel?), retrying";
                 "channel" => &channel, "failures" => failures);
-            backoff.wait(&shutdown).await;
+            pacing.wait(&shutdown).await;
         }
     }
     // Let the notifications received so far be sent.
     drop(events);
     let _ = sender.await;
     info!(log, "notifier stopped");
+}
+
+/// How the notifier paces its subscription attempts: after each failure (no connection, a
+/// refused `SUBSCRIBE`, a subscription that ended before it lasted) a longer wait, from 100 ms
+/// up to 5 s; the shortest again only once a subscription lasted. Each failure logs one line, so
+/// a subscription refused forever logs a line per backoff step, not thousands a second.
+struct Resubscriptions {
+    backoff: Backoff,
+    /// Failures since the last subscription that lasted.
+    failures: u64,
+}
+
+impl Resubscriptions {
+    fn new() -> Resubscriptions {
+        Resubscriptions {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            failures: 0,
+        }
+    }
+
+    /// One more failure; how many since the last subscription that lasted.
+    fn failed(&mut self) -> u64 {
+        self.failures += 1;
+        self.failures
+    }
+
+    /// Waits before the next attempt (or until `shutdown`).
+    async fn wait(&mut self, shutdown: &Shutdown) {
+        self.backoff.wait(shutdown).await;
+    }
+
+    /// A subscription lasted: the next failure waits the shortest again. How many failures
+    /// came before it.
+    fn lasted(&mut self) -> u64 {
+        self.backoff.reset();
+        std::mem::take(&mut self.failures)
+    }
 }
 
 /// Records and sends notifications for the order ids received, a batch per transaction. A
@@ -231,6 +260,23 @@ async fn send_notifications(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The notifier once logged 61,281 lines in 10 s when every subscription was refused: it
+    /// reset its backoff on each attempt.
+    #[test]
+    fn a_subscription_refused_again_and_again_is_retried_ever_more_slowly() {
+        let mut pacing = Resubscriptions::new();
+        let (mut waited, mut attempts) = (Duration::ZERO, 0);
+        while waited < Duration::from_secs(10) {
+            attempts = pacing.failed();
+            waited += pacing.backoff.next_delay();
+        }
+        // Waits of at least 50, 100, 200, ... 2500 ms (half of each window).
+        assert!(attempts <= 10, "{attempts} attempts in 10 s");
+        assert_eq!(pacing.lasted(), attempts);
+        assert!(pacing.backoff.next_delay() <= Duration::from_millis(100));
+        assert_eq!(pacing.lasted(), 0, "nothing failed since");
+    }
 
     #[test]
     fn a_customer_id_that_could_pass_for_fields_is_quoted_in_the_line() {

@@ -172,6 +172,16 @@ impl Probe {
         if roles.notifier {
             probe.channel_check("SUBSCRIBE", &config.event_channel);
         }
+        if roles.api && config.redis_min_replicas > 0 {
+            probe.command(&["WAIT", "0", "0"]);
+        }
+        // What the redis crate itself asks the data nodes: the slot map in a cluster, the role of
+        // the primary the sentinels named.
+        match config.redis_mode {
+            crate::config::RedisMode::Cluster => probe.command(&["CLUSTER", "SLOTS"]),
+            crate::config::RedisMode::Sentinel => probe.command(&["ROLE"]),
+            crate::config::RedisMode::Standalone => {}
+        }
         probe
     }
 
@@ -186,7 +196,7 @@ impl Probe {
     /// A command that names no key or channel.
     fn command(&mut self, words: &[&str]) {
         let what = match words {
-            [cmd, sub, ..] if *cmd == "SCRIPT" => format!("{cmd} {sub}"),
+            [cmd, sub, ..] if *cmd == "SCRIPT" || *cmd == "CLUSTER" => format!("{cmd} {sub}"),
             [cmd, ..] => cmd.to_string(),
             [] => return,
         };

@@ -14,19 +14,17 @@
 #[path = "chaos/cluster.rs"]
 mod cluster;
 mod common;
-#[path = "chaos/tally.rs"]
-mod tally;
 
 use cluster::{Cluster, Fsync};
 use common::db::try_scalar;
 use common::http::batch_ids;
 use common::process::Process;
+use common::tally::{wait_until_settled, EventRule, Tally};
 use common::{wait_until, Sent};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
-use tally::{wait_until_settled, EventRule, Tally};
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -53,7 +51,7 @@ async fn a_worker_killed_with_sigkill_holding_500_orders_loses_nothing() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let mut doomed = cluster.start_service("doomed", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // The doomed worker gets a head start, so that it surely holds 500 orders...
     let mut accepted = post_orders(&api, 1000, 500).await;
@@ -124,7 +122,7 @@ async fn sigterm_under_load_exits_zero_in_time_and_returns_the_rest() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let mut first = cluster.start_service("worker-1", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let accepted = post_orders(&api, 800, 400).await;
     let first_list = cluster.key(&format!("processing:{}", first.worker_id()));
@@ -207,7 +205,7 @@ async fn postgres_down_for_10_s_under_load_every_order_completes() {
         .start_service("front", "api,worker,notifier", &settings)
         .await;
     let _second = cluster.start_service("worker-2", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 600, 200).await;
     wait_until("200 orders processing", Duration::from_secs(30), || async {
@@ -251,7 +249,7 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_accepted_order() {
     let second = cluster
         .start_service("second", "api,worker", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let load = Load::start(
         vec![front.url("/orders/batch"), second.url("/orders/batch")],
@@ -336,7 +334,7 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
         .start_service("front", "api,worker,notifier", &settings)
         .await;
     let _second = cluster.start_service("worker-2", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 200, 100).await;
     let mut redis = cluster.redis().await;
@@ -422,7 +420,7 @@ async fn a_notifier_stopped_and_started_again_notifies_each_order_once() {
     let mut first = cluster
         .start_service("notifier-1", "notifier", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let mut accepted = post_orders(&front, 300, 100).await;
     wait_until("100 notifications", Duration::from_secs(30), || async {
@@ -490,7 +488,7 @@ async fn a_worker_paused_past_its_lease_completes_nothing_twice() {
         .start_service("api", "api,notifier", &settings)
         .await;
     let paused = cluster.start_service("paused", "worker", &settings).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // The worker to pause gets a head start, so that it surely holds orders...
     let mut accepted = post_orders(&api, 400, 200).await;
@@ -557,7 +555,7 @@ async fn orders_moved_by_a_claim_whose_reply_was_lost_are_still_processed() {
     let service = cluster
         .start_service("all", "api,worker,notifier", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // Orders the worker holds, in their processing time...
     let mut accepted = post_orders(&service, 10, 10).await;

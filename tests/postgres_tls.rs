@@ -8,18 +8,15 @@
 #[path = "chaos/cluster.rs"]
 mod cluster;
 mod common;
-#[allow(dead_code)]
-#[path = "chaos/tally.rs"]
-mod tally;
 
 use cluster::{Cluster, Fsync};
 use common::certs::Pki;
 use common::http::accept_batch;
 use common::process::{free_port, run_orders};
+use common::tally::{wait_until_settled, EventRule, Tally};
 use common::{wait_until, Sent};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tally::{wait_until_settled, EventRule, Tally};
 use uuid::Uuid;
 
 /// A password the URLs carry (the server trusts everyone): it must never be printed.
@@ -77,7 +74,7 @@ async fn verify_full_with_the_test_ca_completes_orders_over_tls() {
     let service = cluster
         .start_service("orders", "api,worker,notifier", &settings)
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
     let http = common::http::client();
 
     let order = json!({"customer_id": "tls-1", "items": ["sku-1"], "total": 12.34});

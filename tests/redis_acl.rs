@@ -8,12 +8,11 @@
 #[allow(dead_code)]
 mod cluster;
 mod common;
-#[path = "chaos/tally.rs"]
-#[allow(dead_code)]
-mod tally;
 
-use cluster::{Cluster, Fsync, TempDir};
+use cluster::{Cluster, Fsync};
 use common::process::{dying_with_us, free_port, Process};
+use common::tally;
+use common::temp::TempDir;
 use common::wait_until;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -125,7 +124,7 @@ async fn the_least_privilege_user_works_and_a_revoked_channel_loses_nothing() {
     let env = env_as(&cluster, "orders");
     let log = cluster.log_dir.join("service.log");
     let service = Process::start("service", "api,worker,notifier", &env, log).await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     // Every role works as that user: the order completes, its event goes out, the customer is
     // told.

@@ -8,17 +8,14 @@
 #[path = "chaos/cluster.rs"]
 mod cluster;
 mod common;
-#[allow(dead_code)]
-#[path = "chaos/tally.rs"]
-mod tally;
 
 use cluster::{Cluster, Fsync, RedisTls};
 use common::certs::Pki;
 use common::process::run_refused;
+use common::tally::{wait_until_settled, EventRule, Tally};
 use common::{wait_until, Sent};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tally::{wait_until_settled, EventRule, Tally};
 use uuid::Uuid;
 
 /// Orders the TLS scenario puts through.
@@ -54,7 +51,7 @@ async fn orders_go_through_a_redis_that_speaks_tls_only() {
             ],
         )
         .await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
     let http = common::http::client();
     let mut accepted = Vec::new();
     for i in 0..ORDERS {

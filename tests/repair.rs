@@ -8,17 +8,14 @@
 #[allow(dead_code)]
 mod cluster;
 mod common;
-#[path = "chaos/tally.rs"]
-#[allow(dead_code)]
-mod tally;
 
 use cluster::{Cluster, Fsync};
 use common::http::batch_ids;
+use common::tally::{wait_until_settled, EventRule, Tally};
 use common::{wait_until, Sent};
 use redis::AsyncCommands;
 use serde_json::json;
 use std::time::Duration;
-use tally::{wait_until_settled, EventRule, Tally};
 use uuid::Uuid;
 
 const ORDERS: usize = 200;
@@ -35,7 +32,7 @@ async fn orders_processing_with_no_trace_in_redis_are_repaired_exactly_once() {
     };
     // The worker that will die holding the orders: its processing outlasts the test.
     let doomed = worker("doomed", "600000").await;
-    let events = tally::subscribe(&cluster).await;
+    let events = cluster.subscribe().await;
 
     let http = common::http::client();
     let mut accepted: Vec<Uuid> = Vec::with_capacity(ORDERS);

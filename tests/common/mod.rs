@@ -1,8 +1,10 @@
 //! The one test harness, shared by every test binary: the service in-process ([`TestApp`]) or as
 //! the real binary ([`process::Process`]), waiting for a condition ([`wait_until`]), scalar
 //! queries ([`db::scalar`]), requests and the error shape ([`http`]), event subscribers
-//! ([`events::Events`]), log lines ([`log::Log`]) and a TCP proxy that can cut a connection
-//! ([`proxy::Proxy`]).
+//! ([`events::Events`]), log lines ([`log::Log`]), a TCP proxy that can cut a connection
+//! ([`proxy::Proxy`]); private servers to break ([`servers`]: one Redis, PostgreSQL;
+//! [`redis_servers`]: a Redis Cluster, a primary with replicas and sentinels), keyed load that
+//! retries ([`load`]) and the final count of a scenario ([`tally`]).
 //!
 //! Tests talk to the real Redis and PostgreSQL; each gets a database and a Redis key prefix of its
 //! own, so they run in parallel.
@@ -14,9 +16,13 @@ pub mod certs;
 pub mod db;
 pub mod events;
 pub mod http;
+pub mod load;
 pub mod log;
 pub mod process;
 pub mod proxy;
+pub mod redis_servers;
+pub mod servers;
+pub mod tally;
 pub mod temp;
 pub mod wait;
 

@@ -134,7 +134,9 @@ impl Process {
         (status, output)
     }
 
-    fn spawn(name: &str, roles: &str, env: &HashMap<String, String>, log: PathBuf) -> Process {
+    /// [`Process::start`] without waiting for anything: for a process that is expected not to
+    /// become ready.
+    pub fn spawn(name: &str, roles: &str, env: &HashMap<String, String>, log: PathBuf) -> Process {
         let port = free_port();
         let file = std::fs::File::create(&log).expect("create the service log");
         let child = dying_with_us(env!("CARGO_BIN_EXE_orders"))

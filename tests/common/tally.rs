@@ -2,22 +2,33 @@
 //! notification row, one `Email sent to customer` log line and (where Redis stayed up) one
 //! `order.completed` event; and the one line each scenario prints.
 
-use super::cluster::Cluster;
-use crate::common::events::Events;
-use crate::common::log::Log;
-use crate::common::wait::poll_until;
+use super::log::Log;
+use super::wait::poll_until;
 use redis::AsyncCommands;
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The channel completion events go to (the service's default).
 pub const COMPLETED_CHANNEL: &str = "order.completed";
 
-/// A subscriber to `order.completed` on the cluster's Redis, which counts events per order id
-/// and subscribes again when Redis restarts.
-pub async fn subscribe(cluster: &Cluster) -> Events {
-    Events::subscribe_with(cluster.redis.client(), COMPLETED_CHANNEL).await
+/// The servers of one scenario, as the tally reads them: whatever the Redis topology, the
+/// database the service writes and the Redis node that holds the queue keys now.
+// Only the test binaries implement and call it, so `Send` bounds on the futures do not matter.
+#[allow(async_fn_in_trait)]
+pub trait Scene {
+    /// The scenario's name, which starts its printed line.
+    fn scenario(&self) -> &str;
+    /// Where the scenario's service logs (`*.log`) and `tally.txt` are.
+    fn log_dir(&self) -> &Path;
+    /// A fresh connection to the service's database.
+    async fn try_db(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error>;
+    /// A fresh connection to the Redis node that holds the queue keys (in a cluster, the owner
+    /// of their slot; with sentinels, the current master).
+    async fn queue_redis(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection>;
+    /// A key under the service's prefix, e.g. `queue` → `{orders}:queue`.
+    fn key(&self, name: &str) -> String;
 }
 
 /// Whether every completed order must have had its event seen by the test's subscriber.
@@ -33,17 +44,17 @@ pub enum EventRule {
 /// Waits until every order in `accepted` is final and every completed one notified, and Redis
 /// holds nothing of them any more (queue, processing lists, pending hash); for up to `timeout`.
 /// Returns whether it got there; the tally says what is missing if not.
-pub async fn wait_until_settled(cluster: &Cluster, accepted: &[Uuid], timeout: Duration) -> bool {
+pub async fn wait_until_settled(scene: &impl Scene, accepted: &[Uuid], timeout: Duration) -> bool {
     let ids = accepted.to_vec();
     // Each check opens connections of its own: a few a second are enough.
     poll_until(timeout, Duration::from_millis(250), async || {
-        settled(cluster, &ids).await.unwrap_or(false)
+        settled(scene, &ids).await.unwrap_or(false)
     })
     .await
 }
 
-async fn settled(cluster: &Cluster, ids: &Vec<Uuid>) -> Result<bool, Box<dyn std::error::Error>> {
-    let db = cluster.postgres.connect("orders").await?;
+async fn settled(scene: &impl Scene, ids: &Vec<Uuid>) -> Result<bool, Box<dyn std::error::Error>> {
+    let db = scene.try_db().await?;
     let row = db
         .query_one(
             "SELECT count(*) FILTER (WHERE o.status IN ('completed', 'failed', 'cancelled')),
@@ -57,22 +68,22 @@ async fn settled(cluster: &Cluster, ids: &Vec<Uuid>) -> Result<bool, Box<dyn std
     if final_ != ids.len() as i64 || unnotified != 0 {
         return Ok(false);
     }
-    Ok(redis_leftovers(cluster).await?.is_empty())
+    Ok(redis_leftovers(scene).await?.is_empty())
 }
 
 /// What Redis still holds: the queue, non-empty processing lists, the pending hash.
-pub async fn redis_leftovers(cluster: &Cluster) -> Result<Vec<String>, redis::RedisError> {
-    let mut redis = cluster.redis.conn().await;
+pub async fn redis_leftovers(scene: &impl Scene) -> Result<Vec<String>, redis::RedisError> {
+    let mut redis = scene.queue_redis().await?;
     let mut left = Vec::new();
-    let queued: usize = redis.llen(cluster.key("queue")).await?;
+    let queued: usize = redis.llen(scene.key("queue")).await?;
     if queued > 0 {
-        left.push(format!("{queued} in {}", cluster.key("queue")));
+        left.push(format!("{queued} in {}", scene.key("queue")));
     }
-    let pending: usize = redis.hlen(cluster.key("pending")).await?;
+    let pending: usize = redis.hlen(scene.key("pending")).await?;
     if pending > 0 {
-        left.push(format!("{pending} in {}", cluster.key("pending")));
+        left.push(format!("{pending} in {}", scene.key("pending")));
     }
-    let lists: Vec<String> = redis.keys(cluster.key("processing:*")).await?;
+    let lists: Vec<String> = redis.keys(scene.key("processing:*")).await?;
     for list in lists {
         let held: usize = redis.llen(&list).await?;
         if held > 0 {
@@ -109,11 +120,11 @@ impl Tally {
     /// Counts, for each accepted order, its rows and status in PostgreSQL, its notification rows,
     /// its `Email sent to customer` lines in every service log of the scenario, and its events.
     pub async fn count(
-        cluster: &Cluster,
+        scene: &impl Scene,
         accepted: &[Uuid],
         events: &HashMap<Uuid, usize>,
     ) -> Tally {
-        let db = cluster.db().await;
+        let db = scene.try_db().await.expect("connect to the database");
         let mut rows: HashMap<Uuid, Vec<String>> = HashMap::new();
         for row in db
             .query("SELECT order_id, status FROM orders", &[])
@@ -133,12 +144,12 @@ impl Tally {
         {
             notifications.insert(row.get(0), row.get(1));
         }
-        let emails = email_lines(cluster);
+        let emails = email_lines(scene);
 
         let mut tally = Tally {
-            scenario: cluster.scenario.clone(),
+            scenario: scene.scenario().to_string(),
             accepted: accepted.len(),
-            log_dir: Some(cluster.log_dir.clone()),
+            log_dir: Some(scene.log_dir().to_path_buf()),
             ..Tally::default()
         };
         let wanted: std::collections::HashSet<&Uuid> = accepted.iter().collect();
@@ -183,7 +194,7 @@ impl Tally {
                 tally.duplicated.push((*id, duplicate.join(", ")));
             }
         }
-        tally.leftovers = redis_leftovers(cluster)
+        tally.leftovers = redis_leftovers(scene)
             .await
             .unwrap_or_else(|e| vec![format!("cannot read Redis: {e}")]);
         tally
@@ -284,9 +295,9 @@ impl Tally {
 
 /// `Email sent to customer … for Order #<id> …` lines per order id, over every service log of
 /// the scenario.
-pub fn email_lines(cluster: &Cluster) -> HashMap<Uuid, usize> {
+pub fn email_lines(scene: &impl Scene) -> HashMap<Uuid, usize> {
     let mut counts = HashMap::new();
-    let entries = std::fs::read_dir(&cluster.log_dir).expect("the scenario's log dir");
+    let entries = std::fs::read_dir(scene.log_dir()).expect("the scenario's log dir");
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_none_or(|e| e != "log") {

@@ -56,6 +56,7 @@ const LEAST_PRIVILEGE: &[&str] = &[
     "+sadd",
     "+srem",
     "+smembers",
+    "+sismember",
     "+zadd",
     "+zrem",
     "+zcard",

@@ -204,9 +204,6 @@ async fn standalone_mode_at_a_cluster_node_is_not_ready_and_says_moved() {
 /// follow the ASK there. Runs the move in steps: only the heartbeat is migrated, for two leases,
 /// then the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails 4 runs in 9 (main 50b1b2f with redis-modes 2957008): the heartbeat pipeline logs \
-            `heartbeat failed: Ask`, Redis calls then time out for ~2 s, the lease lapses (PTTL -2 \
-            on the target) and the live worker's orders are reaped and delivered again"]
 async fn a_live_worker_keeps_its_lease_while_its_slot_migrates() {
     let (stage, slot, owner, seed, target) = start_cluster("cluster-heartbeat-moved").await;
     let seed_url = stage.redis.nodes[seed].url();

@@ -12,12 +12,31 @@ static RETIRE: Lua = Lua::new(include_str!("retire.lua"));
 
 impl Queue {
     /// Puts the orders held by worker processes whose lease expired back on the queue; how many.
+    ///
+    /// The script is given every key it reads (each registered worker's heartbeat and processing
+    /// list): a script that built them itself would, on the source node of a cluster slot being
+    /// migrated, find a heartbeat that has moved missing and reap a live worker. With the keys
+    /// declared, Redis refuses the call (ASK or TRYAGAIN) until the migration is done.
     pub async fn requeue_orphans(&self) -> Result<u64, QueueError> {
-        Ok(REQUEUE_ORPHANS
-            .call(&[self.keys.workers(), self.keys.queue()])
-            .arg(self.keys.tag())
-            .run(&mut self.conn())
-            .await?)
+        let mut conn = self.conn();
+        let workers: Vec<String> = conn.smembers(self.keys.workers()).await?;
+        if workers.is_empty() {
+            return Ok(0);
+        }
+        let mut keys = vec![
+            self.keys.workers().to_string(),
+            self.keys.queue().to_string(),
+        ];
+        for worker in &workers {
+            keys.push(self.keys.heartbeat(worker));
+            keys.push(self.keys.processing(worker));
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut call = REQUEUE_ORPHANS.call(&keys);
+        for worker in &workers {
+            call.arg(worker);
+        }
+        Ok(call.run(&mut conn).await?)
     }
 
     /// Registers every processing list whose owner is not in the workers set (a worker that was
@@ -57,16 +76,24 @@ impl Queue {
 impl WorkerQueue {
     /// Renews this worker process's lease (and registers it).
     pub async fn heartbeat(&self, lease: Duration) -> Result<(), QueueError> {
+        // Two single-key commands, sent together on the multiplexed connection (one round trip),
+        // not a pipeline: while a cluster migrates the slot, a command whose key has moved is
+        // answered ASK, which the cluster client follows for a command but not inside a
+        // pipeline, and a lease that lapses mid-migration would have a live worker reaped.
         let keys = &self.queue.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        let (mut a, mut b) = (self.queue.conn(), self.queue.conn());
+        let mut renew = redis::cmd("SET");
+        renew
             .arg(keys.heartbeat(&self.worker_id))
             .arg(1)
             .arg("PX")
-            .arg(lease.as_millis() as u64)
-            .ignore();
-        pipe.sadd(keys.workers(), &self.worker_id).ignore();
-        pipe.query_async::<()>(&mut self.queue.conn()).await?;
+            .arg(lease.as_millis() as u64);
+        let mut register = redis::cmd("SADD");
+        register.arg(keys.workers()).arg(&self.worker_id);
+        tokio::try_join!(
+            renew.query_async::<()>(&mut a),
+            register.query_async::<()>(&mut b)
+        )?;
         Ok(())
     }
 

@@ -160,6 +160,7 @@ impl Probe {
             probe.key_check(&["SET", &heartbeat, "1", "PX", "1000"]);
             probe.key_check(&["SADD", workers, "probe"]);
             probe.key_check(&["SMEMBERS", workers]);
+            probe.key_check(&["SISMEMBER", workers, "probe"]);
             probe.key_check(&["EXISTS", &heartbeat]);
             probe.key_check(&["LMOVE", &processing, queue, "LEFT", "RIGHT"]);
             probe.key_check(&["SREM", workers, "probe"]);

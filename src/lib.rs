@@ -165,10 +165,15 @@ pub async fn start(
     let queue = queue::Queue::connect(config).await?;
     // A missing permission otherwise shows only after orders were completed (no event, no ack).
     let probe = Arc::new(queue::Probe::new(config, roles));
-    let acl_checked = queue
-        .probe(&probe)
-        .await
-        .map_err(|source| StartError::Redis { source })?;
+    let acl_checked = match queue.probe(&probe).await {
+        Ok(checked) => checked,
+        // Replicas may attach after the primary starts: /readyz answers 503 meanwhile.
+        Err(e @ queue::ProbeError::TooFewReplicas { .. }) => {
+            slog::warn!(log, "not ready to accept orders"; "reason" => %e);
+            true
+        }
+        Err(source) => return Err(StartError::Redis { source }),
+    };
     if !acl_checked {
         slog::warn!(
             log,

@@ -5,15 +5,17 @@
 -- part is skipped. Sent with KEYS[1] under the `{prefix}` hash tag, so a cluster node that does
 -- not own the slot answers MOVED.
 --
+-- With ARGV[1] > 0 (ORDERS_REDIS_MIN_REPLICAS), it also counts the replicas online.
+--
 -- KEYS: the probe key.
--- ARGV: the checks, each as its word count n then n words (command and arguments); the first
---       check must be the probe's own SET of KEYS[1].
--- Reply: {1 when the ACLs were checked (0: Redis < 7), then the number (1-based) of each check
---        refused}.
+-- ARGV: replicas wanted (0: not counted), then the checks, each as its word count n then n words
+--       (command and arguments); the first check must be the probe's own SET of KEYS[1].
+-- Reply: {1 when the ACLs were checked (0: Redis < 7), replicas online (0 when not counted), then
+--        the number (1-based) of each check refused}.
 local refused, checked = {}, 0
 if redis.acl_check_cmd then
   checked = 1
-  local i, n = 1, 0
+  local i, n = 2, 0
   while i <= #ARGV do
     local words = tonumber(ARGV[i])
     n = n + 1
@@ -25,6 +27,14 @@ if redis.acl_check_cmd then
 end
 -- A SET the ACL refuses would raise an error that names no permission: it is reported above.
 if refused[1] ~= 1 then redis.call('SET', KEYS[1], '1', 'PX', 10000) end
-local reply = {checked}
+local online = 0
+if tonumber(ARGV[1]) > 0 then
+  -- Refused INFO is among the refused checks; the count then stays 0.
+  local ok, info = pcall(redis.call, 'INFO', 'replication')
+  if ok then
+    for _ in string.gmatch(info, 'slave%d+:[^\r\n]*state=online') do online = online + 1 end
+  end
+end
+local reply = {checked, online}
 for _, n in ipairs(refused) do reply[#reply + 1] = n end
 return reply

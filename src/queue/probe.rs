@@ -19,6 +19,9 @@ pub struct Probe {
     key: String,
     /// `~{prefix}:*`, the key pattern the ACL must allow.
     key_pattern: String,
+    /// `redis_min_replicas` when this process enqueues (API role), else 0: how many replicas
+    /// must be online for a `POST /orders` to be answered 202.
+    min_replicas: u32,
     checks: Vec<Check>,
 }
 
@@ -47,6 +50,10 @@ pub enum ProbeError {
     /// The ACL refuses the scripts themselves.
     #[error("missing permission: EVALSHA or SCRIPT LOAD (every queue step is a Lua script; the ACL needs +evalsha +script|load)")]
     Scripts(#[source] redis::RedisError),
+    /// Fewer replicas are online than `ORDERS_REDIS_MIN_REPLICAS` asks for: every enqueue
+    /// would answer 503 `not_replicated`.
+    #[error("{online} of the {wanted} replicas ORDERS_REDIS_MIN_REPLICAS asks for are online: every POST /orders answers 503 not_replicated until more are")]
+    TooFewReplicas { online: u32, wanted: u32 },
     /// Redis unreachable, or another error.
     #[error("redis: {0}")]
     Redis(#[source] redis::RedisError),
@@ -103,6 +110,11 @@ impl Probe {
         let mut probe = Probe {
             key: key.clone(),
             key_pattern: format!("~{}*", keys.tag()),
+            min_replicas: if roles.api {
+                config.redis_min_replicas
+            } else {
+                0
+            },
             checks: Vec::new(),
         };
         // First: the probe's own write (probe.lua relies on it being check 1).
@@ -175,6 +187,8 @@ impl Probe {
         }
         if roles.api && config.redis_min_replicas > 0 {
             probe.command(&["WAIT", "0", "0"]);
+            // How many replicas are online, for readiness.
+            probe.command(&["INFO", "replication"]);
         }
         // What the redis crate itself asks the data nodes: the slot map in a cluster, the role of
         // the primary the sentinels named.
@@ -198,6 +212,7 @@ impl Probe {
     fn command(&mut self, words: &[&str]) {
         let what = match words {
             [cmd, sub, ..] if *cmd == "SCRIPT" || *cmd == "CLUSTER" => format!("{cmd} {sub}"),
+            [cmd, ..] if *cmd == "INFO" => "INFO".to_string(),
             [cmd, ..] => cmd.to_string(),
             [] => return,
         };
@@ -236,16 +251,24 @@ impl Queue {
     /// whether it could check the ACLs (false before Redis 7: only the write was checked).
     pub async fn probe(&self, probe: &Probe) -> Result<bool, ProbeError> {
         let mut call = PROBE.call(&[&probe.key]);
+        call.arg(probe.min_replicas);
         for check in &probe.checks {
             call.arg(check.words.len()).arg(&check.words);
         }
         let reply: Vec<usize> = call.run(&mut self.conn()).await?;
         let refused: Vec<&Check> = reply
             .iter()
-            .skip(1)
+            .skip(2)
             .filter_map(|&n| probe.checks.get(n.wrapping_sub(1)))
             .collect();
         if refused.is_empty() {
+            let online = reply.get(1).copied().unwrap_or(0) as u32;
+            if online < probe.min_replicas {
+                return Err(ProbeError::TooFewReplicas {
+                    online,
+                    wanted: probe.min_replicas,
+                });
+            }
             return Ok(reply.first() == Some(&1));
         }
         let mut rules: Vec<&str> = Vec::new();

@@ -378,6 +378,7 @@ async fn a_refused_publish_leaves_no_trace() {
         payload: &done,
         order_id: done_id,
         event: Some(json!({"order_id": done_id}).to_string()),
+        keep_pending: false,
     }];
     let errors = ["gave up".to_string()];
     let event = json!({"order_id": failed_id}).to_string();

@@ -20,6 +20,9 @@ pub struct Ack<'a> {
     pub payload: &'a [u8],
     pub order_id: Uuid,
     pub event: Option<String>,
+    /// Another delivery of the order is still in flight (this one was taken over, or was a
+    /// second copy in one batch): its pending entry is that delivery's, and stays.
+    pub keep_pending: bool,
 }
 
 /// The queue as one worker process uses it: bound to its id (and so its processing list and
@@ -134,8 +137,12 @@ impl WorkerQueue {
             PUBLISH_AND_ACKNOWLEDGE.call(&[&self.processing, keys.pending(), &counter, &marker]);
         call.arg(&self.completed_channel);
         for ack in acks {
+            let pending_id = match ack.keep_pending {
+                true => String::new(),
+                false => ack.order_id.to_string(),
+            };
             call.arg(ack.payload)
-                .arg(ack.order_id.to_string())
+                .arg(pending_id)
                 .arg(ack.event.as_deref().unwrap_or(""));
         }
         call.run::<i64>(&mut self.queue.conn()).await?;

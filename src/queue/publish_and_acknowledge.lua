@@ -8,7 +8,9 @@
 --
 -- KEYS: processing list, pending hash, this second's completion counter, the acknowledgement's
 --       marker.
--- ARGV: channel, then (payload, order id, event or "") for each order.
+-- ARGV: channel, then (payload, order id or "" to keep its pending entry, event or "") for each
+--       order. A delivery that was taken over keeps the entry: it belongs to the delivery in
+--       flight, and an order with no entry is one the repair puts back on the queue.
 -- Reply: how many events it published, or -1 when this acknowledgement was done before.
 if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
 local published, ids = 0, {}
@@ -20,7 +22,7 @@ for i = 2, #ARGV, 3 do
 end
 for i = 2, #ARGV, 3 do
   redis.call('LREM', KEYS[1], -1, ARGV[i])
-  ids[#ids + 1] = ARGV[i + 1]
+  if ARGV[i + 1] ~= '' then ids[#ids + 1] = ARGV[i + 1] end
 end
 if #ids > 0 then redis.call('HDEL', KEYS[2], unpack(ids)) end
 if published > 0 then

@@ -17,6 +17,15 @@ pub enum CancelOutcome {
     Final(Status),
 }
 
+/// What [`Store::complete`] did with one delivery it did not leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Completed at this time.
+    Completed(OffsetDateTime),
+    /// A later delivery of the order is processing it.
+    TakenOver,
+}
+
 impl Store {
     /// Stores delivered orders with status `processing` (with their items, in one statement and
     /// so one transaction), counting the delivery in `attempts`. Returns, for each order that may
@@ -88,14 +97,15 @@ impl Store {
     /// notifications due, in one statement. (`IS NOT DISTINCT FROM`, which is `=` for a status
     /// that is never null, is no index condition: the orders are found by their key, never
     /// through the status index, whose `processing` entries are mostly orders completed since the
-    /// last vacuum.) Returns the completion time of those it completed, by order and attempt (two
-    /// deliveries of one order can be in one batch); the others were cancelled or redelivered
-    /// meanwhile.
+    /// last vacuum.) Returns, by order and attempt (two deliveries of one order can be in one
+    /// batch), the completion time of those it completed, and which were taken over by a later
+    /// delivery still `processing` (from the statement's snapshot, taken before its update); the
+    /// others are final (cancelled, or completed by another delivery).
     pub async fn complete(
         &self,
         ids: &[Uuid],
         attempts: &[i32],
-    ) -> Result<HashMap<(Uuid, i32), OffsetDateTime>, StoreError> {
+    ) -> Result<HashMap<(Uuid, i32), Completion>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
@@ -111,13 +121,24 @@ impl Store {
                     SELECT order_id, customer_id, completed_at FROM c
                     ON CONFLICT DO NOTHING
                  )
-                 SELECT order_id, attempts, completed_at FROM c",
+                 SELECT order_id, attempts, completed_at FROM c
+                 UNION ALL
+                 SELECT o.order_id, t.attempts, NULL FROM orders o
+                 JOIN unnest($1::uuid[], $2::int4[]) AS t(order_id, attempts)
+                   ON o.order_id = t.order_id
+                 WHERE o.status IS NOT DISTINCT FROM 'processing' AND o.attempts > t.attempts",
             )
             .await?;
         let rows = client.query(&stmt, &[&ids, &attempts]).await?;
         Ok(rows
             .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .map(|r| {
+                let outcome = match r.get::<_, Option<OffsetDateTime>>(2) {
+                    Some(at) => Completion::Completed(at),
+                    None => Completion::TakenOver,
+                };
+                ((r.get(0), r.get(1)), outcome)
+            })
             .collect())
     }
 

@@ -10,7 +10,7 @@ mod repair;
 mod stats;
 mod tls;
 
-pub use lifecycle::CancelOutcome;
+pub use lifecycle::{CancelOutcome, Completion};
 pub use lookup::{Cursor, ListQuery, OrderView};
 pub use stats::{OrderStats, Timing, STATS_WINDOW};
 pub use tls::UrlError;

@@ -79,6 +79,7 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
                 payload,
                 order_id,
                 event: None,
+                keep_pending: false,
             }];
             publish_and_acknowledge(ctx, &ack).await;
             return;

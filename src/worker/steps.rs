@@ -17,6 +17,7 @@ use crate::events::Event;
 use crate::order::{Job, Status};
 use crate::queue::Ack;
 use crate::stats;
+use crate::store::Completion;
 use crate::Shutdown;
 use slog::info;
 use std::collections::HashSet;
@@ -82,7 +83,7 @@ async fn start_batch(
         match Job::parse(&claimed.payload) {
             Err(e) => dead_letter_poison(ctx, &claimed.payload, e.to_string()).await,
             // The same order twice in one batch (pushed twice): the copy is dropped.
-            Ok(job) if !seen.insert(job.order_id) => drop_now.push((job.order_id, claimed)),
+            Ok(job) if !seen.insert(job.order_id) => drop_now.push((job.order_id, claimed, true)),
             Ok(job) => jobs.push((job, claimed)),
         }
     }
@@ -104,7 +105,7 @@ async fn start_batch(
         for (job, claimed) in jobs {
             let Some(&attempt) = attempts.get(&job.order_id) else {
                 info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %job.order_id);
-                drop_now.push((job.order_id, claimed));
+                drop_now.push((job.order_id, claimed, false));
                 continue;
             };
             info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt,
@@ -138,10 +139,12 @@ async fn start_batch(
         metrics::counter!(stats::DUPLICATES).increment(drop_now.len() as u64);
         let acks: Vec<Ack> = drop_now
             .iter()
-            .map(|(order_id, claimed)| Ack {
+            .map(|(order_id, claimed, copy)| Ack {
                 payload: &claimed.payload,
                 order_id: *order_id,
                 event: None,
+                // The other copy of the batch goes on: the pending entry is its.
+                keep_pending: *copy,
             })
             .collect();
         publish_and_acknowledge(ctx, &acks).await;
@@ -189,28 +192,39 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
     };
     let acks: Vec<Ack> = batch
         .iter()
-        .map(|s| Ack {
-            payload: &s.claimed.payload,
-            order_id: s.job.order_id,
-            event: completed
-                .get(&(s.job.order_id, s.attempt))
-                .map(|at| Event::new(&s.job, Status::Completed, Some(*at)).to_json()),
+        .map(|s| {
+            let outcome = completed.get(&(s.job.order_id, s.attempt));
+            Ack {
+                payload: &s.claimed.payload,
+                order_id: s.job.order_id,
+                event: match outcome {
+                    Some(Completion::Completed(at)) => {
+                        Some(Event::new(&s.job, Status::Completed, Some(*at)).to_json())
+                    }
+                    _ => None,
+                },
+                keep_pending: matches!(outcome, Some(Completion::TakenOver)),
+            }
         })
         .collect();
     publish_and_acknowledge(ctx, &acks).await;
-    metrics::counter!(stats::COMPLETED).increment(completed.len() as u64);
+    let done = completed
+        .values()
+        .filter(|c| matches!(c, Completion::Completed(_)))
+        .count();
+    metrics::counter!(stats::COMPLETED).increment(done as u64);
     for started in &batch {
         let order_id = started.job.order_id;
         let request_id = started.job.request_id.as_deref().unwrap_or("");
         match completed.get(&(order_id, started.attempt)) {
-            Some(at) => {
+            Some(Completion::Completed(at)) => {
                 metrics::histogram!(stats::PROCESSING)
                     .record(started.since.elapsed().as_secs_f64());
                 let total = (*at - started.job.accepted_at).as_seconds_f64().max(0.0);
                 metrics::histogram!(stats::END_TO_END).record(total);
                 info!(ctx.log, "order completed"; "order_id" => %order_id, "request_id" => request_id);
             }
-            None => info!(ctx.log, "order was cancelled or taken over, not completed";
+            _ => info!(ctx.log, "order was cancelled or taken over, not completed";
                 "order_id" => %order_id, "request_id" => request_id),
         }
     }

@@ -17,40 +17,52 @@ const REPAIR_AFTER_LEASES: u32 = 3;
 const REPAIR_BATCH: i64 = 1000;
 
 /// Renews this process's lease every third of it and, every half lease, returns the orders of
-/// dead workers to the queue and repairs the orders Redis lost, until `stop`.
+/// dead workers to the queue and repairs the orders Redis lost, until `stop`. The renewal runs
+/// beside the rest, never after it: a reaper refused while a cluster slot migrates (TRYAGAIN,
+/// retried up to the response timeout) or a slow repair query would otherwise hold the renewal
+/// back past the lease, and this live worker's orders would be taken.
 pub(super) async fn keep_lease_reap_and_repair(ctx: Arc<Ctx>, lease: Duration, stop: Shutdown) {
-    let mut beat = tokio::time::interval(lease / 3);
-    let mut reap = tokio::time::interval(lease / 2);
-    let mut reaps: u64 = 0;
-    let queue = ctx.queue.queue();
-    loop {
-        tokio::select! {
-            _ = beat.tick() => {
-                if let Err(e) = ctx.queue.heartbeat(lease).await {
-                    warn!(ctx.log, "heartbeat failed"; "error" => %e);
-                }
-            }
-            _ = reap.tick() => {
-                reaps += 1;
-                // Now and then, also look for processing lists nobody registered.
-                if reaps % 10 == 1 {
-                    if let Err(e) = queue.adopt_unregistered().await {
-                        warn!(ctx.log, "scan for unregistered processing lists failed"; "error" => %e);
+    let renew = async {
+        let mut beat = tokio::time::interval(lease / 3);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    if let Err(e) = ctx.queue.heartbeat(lease).await {
+                        warn!(ctx.log, "heartbeat failed"; "error" => %e);
                     }
                 }
-                match queue.requeue_orphans().await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        metrics::counter!(stats::RECOVERED).increment(n);
-                        info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n);
-                    }
-                    Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
-                }
-                requeue_orders_redis_lost(&ctx, lease * REPAIR_AFTER_LEASES).await;
+                _ = stop.cancelled() => return,
             }
-            _ = stop.cancelled() => return,
         }
-    }
+    };
+    let reap_and_repair = async {
+        let mut reap = tokio::time::interval(lease / 2);
+        let mut reaps: u64 = 0;
+        let queue = ctx.queue.queue();
+        loop {
+            tokio::select! {
+                _ = reap.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            reaps += 1;
+            // Now and then, also look for processing lists nobody registered.
+            if reaps % 10 == 1 {
+                if let Err(e) = queue.adopt_unregistered().await {
+                    warn!(ctx.log, "scan for unregistered processing lists failed"; "error" => %e);
+                }
+            }
+            match queue.requeue_orphans().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!(stats::RECOVERED).increment(n);
+                    info!(ctx.log, "returned orders of dead workers to the queue"; "count" => n);
+                }
+                Err(e) => warn!(ctx.log, "reaper failed"; "error" => %e),
+            }
+            requeue_orders_redis_lost(&ctx, lease * REPAIR_AFTER_LEASES).await;
+        }
+    };
+    tokio::join!(renew, reap_and_repair);
 }
 
 /// Puts back on the queue, from their rows, the orders `processing` in PostgreSQL for longer than

@@ -89,6 +89,11 @@ pub struct Stats {
     pub queue: QueueGauges,
     /// How many recent completions the timings cover.
     pub window: i64,
+    /// `running`, or `paused` by an operator (no worker process claims).
+    pub claiming: &'static str,
+    /// When claiming was paused.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub paused_at: Option<time::OffsetDateTime>,
 }
 
 /// Orders per status.
@@ -126,12 +131,21 @@ pub async fn collect(queue: &Queue, store: &Store) -> Result<Stats, StatsError> 
     };
     orders.total =
         orders.queued + orders.processing + orders.completed + orders.failed + orders.cancelled;
+    let paused_at = queue.paused_at_ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok()
+    });
     Ok(Stats {
         orders,
         processing_ms: db.processing_ms,
         end_to_end_ms: db.end_to_end_ms,
         queue,
         window: STATS_WINDOW,
+        claiming: if paused_at.is_some() {
+            "paused"
+        } else {
+            "running"
+        },
+        paused_at,
     })
 }
 
@@ -144,6 +158,12 @@ pub async fn render(queue: &Queue, store: &Store) -> Result<String, QueueError> 
     metrics::gauge!("orders_scheduled_retries").set(gauges.scheduled_retries as f64);
     metrics::gauge!("orders_dead_letters").set(gauges.dead_letters as f64);
     metrics::gauge!("orders_live_workers").set(gauges.live_workers as f64);
+    let paused = if gauges.paused_at_ms.is_some() {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!("orders_claiming_paused").set(paused);
     let (in_use, waiting) = store.pool_usage();
     metrics::gauge!("db_pool_connections_in_use").set(in_use as f64);
     metrics::gauge!("db_pool_waiting").set(waiting as f64);

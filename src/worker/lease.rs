@@ -90,6 +90,10 @@ async fn requeue_orders_redis_lost(ctx: &Ctx, stuck_after: Duration) {
 /// renewal, and its memory and CPU.
 pub(super) fn info(ctx: &Ctx) -> String {
     let mut info = ctx.about.clone();
+    let sample = stats::process_sample();
     info["beat_ms"] = super::now_ms().into();
+    info["rss_bytes"] = sample.rss_bytes.into();
+    info["cpu_seconds"] = sample.cpu_seconds.into();
+    info["open_fds"] = sample.open_fds.into();
     info.to_string()
 }

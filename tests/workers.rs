@@ -43,9 +43,14 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
             .map(|p| String::from_utf8(p).unwrap())
             .collect::<Vec<_>>()
     };
-    assert!(queue.claim_waiting(0).await.unwrap().is_empty());
+    assert!(queue
+        .claim_waiting(0)
+        .await
+        .unwrap()
+        .into_payloads()
+        .is_empty());
     assert_eq!(
-        text(queue.claim_waiting(3).await.unwrap()),
+        text(queue.claim_waiting(3).await.unwrap().into_payloads()),
         ["o1", "o2", "o3"]
     );
     let range = |key: String| {
@@ -58,13 +63,21 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
     };
     assert_eq!(range(queue_key.clone()).await, ["o5", "o4"]);
     assert_eq!(range(processing.clone()).await, ["o3", "o2", "o1"]);
-    assert_eq!(text(queue.claim_waiting(10).await.unwrap()), ["o4", "o5"]);
+    assert_eq!(
+        text(queue.claim_waiting(10).await.unwrap().into_payloads()),
+        ["o4", "o5"]
+    );
     assert!(range(queue_key.clone()).await.is_empty());
     assert_eq!(
         range(processing.clone()).await,
         ["o5", "o4", "o3", "o2", "o1"]
     );
-    assert!(queue.claim_waiting(10).await.unwrap().is_empty());
+    assert!(queue
+        .claim_waiting(10)
+        .await
+        .unwrap()
+        .into_payloads()
+        .is_empty());
     let _: () = redis::AsyncCommands::del(&mut redis, &[&queue_key, &processing])
         .await
         .unwrap();

@@ -106,6 +106,8 @@ async fn retry_letters(api: &Api, letters: &[DeadLetter]) -> Result<Retried, Api
     for letter in letters {
         if let (Some(_), Ok(mut job)) = (letter.order_id, Job::parse(letter.payload.as_bytes())) {
             job.failures = 0;
+            // The letter's errors include the try that made it fail, which its payload lacks.
+            job.errors = letter.errors.clone();
             jobs.push((letter, job));
         }
     }
@@ -145,6 +147,7 @@ pub async fn retry_dead_letter(id: String, api: Arc<Api>) -> Result<Response, Ap
         }
     };
     job.failures = 0;
+    job.errors = letter.errors.clone();
     let order_id = job.order_id;
     if api.store.requeue_failed(&[order_id]).await?.is_empty() {
         return Err(ApiError::Conflict(format!(

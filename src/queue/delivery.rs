@@ -15,6 +15,37 @@ static DEAD_LETTER_AND_PUBLISH: Lua = Lua::new(include_str!("dead_letter_and_pub
 /// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
 const CLAIM_BLOCK_SECONDS: f64 = 1.0;
 
+/// What a claim took.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// These payloads, now in this worker's processing list (none: nothing was waiting).
+    Orders(Vec<Vec<u8>>),
+    /// Claiming is paused; these payloads (taken by a pop under way) are in the processing list
+    /// all the same, to be put back.
+    Paused(Vec<Vec<u8>>),
+}
+
+impl Claim {
+    /// The payloads it took, paused or not.
+    pub fn into_payloads(self) -> Vec<Vec<u8>> {
+        match self {
+            Claim::Orders(p) | Claim::Paused(p) => p,
+        }
+    }
+}
+
+/// The reply of `claim_waiting.lua`: the payloads, or `None` for its 0 (paused).
+struct ClaimReply(Option<Vec<Vec<u8>>>);
+
+impl redis::FromRedisValue for ClaimReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        match v {
+            redis::Value::Int(_) => Ok(ClaimReply(None)),
+            other => Ok(ClaimReply(Some(redis::from_redis_value(other)?))),
+        }
+    }
+}
+
 /// One order to acknowledge: its payload as claimed, and the event to publish, if any.
 pub struct Ack<'a> {
     pub payload: &'a [u8],
@@ -73,67 +104,75 @@ impl WorkerQueue {
     }
 
     /// Waits up to a second for the next order and moves it, atomically, from the queue into
-    /// this worker's processing list, where it stays until acknowledged. With
-    /// `ORDERS_REDIS_MIN_REPLICAS`, the move must reach that many replicas (a `WAIT` in the same
-    /// round trip), or the claim fails with the order left in the list, for the fetch loop to put
-    /// back: an order whose enqueue a failover may still lose is not processed.
-    pub async fn claim(
-        &self,
-        conn: &mut BlockingConnection,
-    ) -> Result<Option<Vec<u8>>, QueueError> {
-        let mut blmove = redis::cmd("BLMOVE");
-        blmove
+    /// this worker's processing list, where it stays until acknowledged. The same round trip
+    /// reads whether claiming is paused: an order a pop in flight took after the pause is
+    /// [`Claim::Paused`] too, still in the list, for the fetch loop to put back. With
+    /// `ORDERS_REDIS_MIN_REPLICAS`, the move must also reach that many replicas (a `WAIT`), or the
+    /// claim fails with the order left in the list likewise: an order whose enqueue a failover
+    /// may still lose is not processed.
+    pub async fn claim(&self, conn: &mut BlockingConnection) -> Result<Claim, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("BLMOVE")
             .arg(self.queue.keys.queue())
             .arg(&self.processing)
             .arg("RIGHT")
             .arg("LEFT")
-            .arg(CLAIM_BLOCK_SECONDS);
+            .arg(CLAIM_BLOCK_SECONDS)
+            .exists(self.queue.keys.paused());
         let replication = self.queue.replication;
-        if replication.min_replicas == 0 {
-            return Ok(conn.query(&blmove).await?);
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(blmove)
-            .cmd("WAIT")
-            .arg(replication.min_replicas)
-            .arg(replication.timeout_ms);
-        let (claimed, acked): (Option<Vec<u8>>, u32) = conn.query_pipeline(&pipe).await?;
-        match claimed {
-            Some(_) if acked < replication.min_replicas => Err(QueueError::NotReplicated {
-                wanted: replication.min_replicas,
-                acked,
-            }),
-            claimed => Ok(claimed),
-        }
+        let (claimed, paused, acked): (Option<Vec<u8>>, bool, u32) =
+            if replication.min_replicas == 0 {
+                let (claimed, paused) = conn.query_pipeline(&pipe).await?;
+                (claimed, paused, 0)
+            } else {
+                pipe.cmd("WAIT")
+                    .arg(replication.min_replicas)
+                    .arg(replication.timeout_ms);
+                conn.query_pipeline(&pipe).await?
+            };
+        Ok(match claimed {
+            Some(_) if replication.min_replicas > acked => {
+                return Err(QueueError::NotReplicated {
+                    wanted: replication.min_replicas,
+                    acked,
+                })
+            }
+            Some(payload) if paused => Claim::Paused(vec![payload]),
+            Some(payload) => Claim::Orders(vec![payload]),
+            None if paused => Claim::Paused(Vec::new()),
+            None => Claim::Orders(Vec::new()),
+        })
     }
 
     /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,
     /// so a deep queue is drained in batches; moved atomically like [`WorkerQueue::claim`], and
-    /// like it replicated first with `ORDERS_REDIS_MIN_REPLICAS`.
-    pub async fn claim_waiting(&self, n: usize) -> Result<Vec<Vec<u8>>, QueueError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut call = CLAIM_WAITING.call(&[self.queue.keys.queue(), &self.processing]);
+    /// like it replicated first with `ORDERS_REDIS_MIN_REPLICAS`. Nothing while claiming is
+    /// paused.
+    pub async fn claim_waiting(&self, n: usize) -> Result<Claim, QueueError> {
+        let keys = &self.queue.keys;
+        let mut call = CLAIM_WAITING.call(&[keys.queue(), &self.processing, keys.paused()]);
         call.arg(n);
         let replication = self.queue.replication;
-        if replication.min_replicas == 0 {
-            return Ok(call.run(&mut self.queue.conn()).await?);
-        }
-        let (claimed, acked): (Vec<Vec<u8>>, u32) = call
-            .run_and_wait(
+        let (reply, acked): (ClaimReply, u32) = if replication.min_replicas == 0 {
+            (call.run(&mut self.queue.conn()).await?, 0)
+        } else {
+            call.run_and_wait(
                 &mut self.queue.conn(),
                 replication.min_replicas,
                 replication.timeout_ms,
             )
-            .await?;
+            .await?
+        };
+        let ClaimReply(Some(claimed)) = reply else {
+            return Ok(Claim::Paused(Vec::new()));
+        };
         if !claimed.is_empty() && acked < replication.min_replicas {
             return Err(QueueError::NotReplicated {
                 wanted: replication.min_replicas,
                 acked,
             });
         }
-        Ok(claimed)
+        Ok(Claim::Orders(claimed))
     }
 
     /// Everything in this worker's processing list.

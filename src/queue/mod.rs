@@ -23,7 +23,7 @@ pub use admin::{
 };
 pub use connection::{BlockingConnection, Connection};
 pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterPage, DEAD_LETTER_SCAN};
-pub use delivery::{Ack, WorkerQueue};
+pub use delivery::{Ack, Claim, WorkerQueue};
 pub use ingest::{Enqueued, Replay, IDEMPOTENCY_TTL_SECONDS};
 pub use keys::Keys;
 pub use probe::{Probe, ProbeError};

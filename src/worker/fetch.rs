@@ -4,7 +4,7 @@
 
 use super::{Ctx, BATCH};
 use crate::backoff::Backoff;
-use crate::queue::QueueError;
+use crate::queue::{Claim, QueueError};
 use crate::Shutdown;
 use slog::{info, warn};
 use std::collections::HashMap;
@@ -150,8 +150,8 @@ impl Fetcher {
                     slots.merge(extra);
                 }
                 let claiming = ctx.claiming.read().await;
-                let mut claimed = match ctx.queue.claim_waiting(slots.num_permits()).await {
-                    Ok(payloads) => payloads,
+                let mut claim = match ctx.queue.claim_waiting(slots.num_permits()).await {
+                    Ok(claim) => claim,
                     // Nothing was claimed, or the reply was lost with orders moved into the
                     // list, which goes back before the next claim.
                     Err(e) => {
@@ -162,14 +162,13 @@ impl Fetcher {
                         continue;
                     }
                 };
-                if claimed.is_empty() {
+                if claim == Claim::Orders(Vec::new()) {
                     // The pop may wait a while: the other slots go back meanwhile.
                     if let Some(one) = slots.split(1) {
                         slots = one;
                     }
-                    match ctx.queue.claim(&mut conn).await {
-                        Ok(Some(payload)) => claimed.push(payload),
-                        Ok(None) => continue,
+                    claim = match ctx.queue.claim(&mut conn).await {
+                        Ok(claim) => claim,
                         Err(e) => {
                             warn!(ctx.log, "claim failed, reconnecting"; "error" => %e);
                             unsure = true;
@@ -178,18 +177,25 @@ impl Fetcher {
                             backoff.wait(&shutdown).await;
                             continue 'connect;
                         }
-                    }
+                    };
                 }
                 backoff.reset();
-                if ctx.paused.load(Ordering::Relaxed) {
-                    // Paused while the claim was under way: what it took goes back to the head.
-                    if let Err(e) = ctx.queue.requeue(&claimed).await {
-                        warn!(ctx.log, "cannot put back orders claimed as claiming was paused"; "error" => %e);
-                        unsure = true;
+                let claimed = match claim {
+                    Claim::Orders(claimed) => claimed,
+                    // Paused, seen by the claim itself before this process's next look at the
+                    // marker: what a pop under way took goes back to the head.
+                    Claim::Paused(taken) => {
+                        ctx.paused.store(true, Ordering::Relaxed);
+                        if !taken.is_empty() {
+                            if let Err(e) = ctx.queue.requeue(&taken).await {
+                                warn!(ctx.log, "cannot put back an order claimed as claiming was paused"; "error" => %e);
+                                unsure = true;
+                            }
+                        }
+                        drop(claiming);
+                        continue;
                     }
-                    drop(claiming);
-                    continue;
-                }
+                };
                 for payload in claimed {
                     let Some(slot) = slots.split(1) else { break };
                     let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));

@@ -1,7 +1,8 @@
 //! Paused claiming: an operator pauses every worker process at once (`POST /workers/pause`, a
 //! marker in Redis, so a process started later obeys it too). Each process reads the marker every
-//! [`PAUSE_CHECK_EVERY`]; its fetch loops stop claiming while it is set, and put back at the head
-//! of the queue whatever a claim under way returned after it was seen. In-flight orders finish.
+//! [`PAUSE_CHECK_EVERY`], and every claim reads it in its own round trip, so no order is taken
+//! once the pause has been answered: the fetch loops stop claiming while it is set, and put back
+//! at the head of the queue what a pop under way returned after it. In-flight orders finish.
 
 use super::Ctx;
 use crate::Shutdown;

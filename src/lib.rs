@@ -180,6 +180,16 @@ pub async fn start(
             "Redis before 7 cannot check ACLs: permissions not probed"
         );
     }
+    // Dead letters of an earlier version, kept in a list, move into the index once.
+    if roles.api || roles.worker {
+        match queue.adopt_listed_dead_letters().await {
+            Ok(0) => {}
+            Ok(n) => info!(log, "moved dead letters into the index"; "count" => n),
+            Err(e) => {
+                slog::warn!(log, "cannot move the listed dead letters into the index"; "error" => %e)
+            }
+        }
+    }
     tokio::spawn(stats::keep_up(shutdown.clone()));
     let mut set = JoinSet::new();
     let mut addr = None;
@@ -206,6 +216,7 @@ pub async fn start(
             cancelled_channel: config.cancelled_channel.clone(),
             roles: status.clone(),
             probe: probe.clone(),
+            lease: std::time::Duration::from_millis(config.lease_ms),
             log: log.new(slog::o!("role" => "api")),
         });
         let shutdown = shutdown.clone();

@@ -170,10 +170,13 @@ async fn every_documented_operation_is_routed_and_nothing_else_is() {
         "/orders/batch/x",
         "/orders/0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a/status/x",
         "/orders/0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a/items",
-        "/dead-letters/0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a",
+        "/dead-letters/0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a/x",
+        "/workers/x",
+        "/scheduled/0193a5b2-7c1e-7d2a-9f3b-2a6c1e0d4f5a",
         "/healthz/x",
         "/openapi.yaml",
         "/stats/orders",
+        "/stats/history/x",
     ] {
         for method in METHODS {
             let (status, code, message) = error_of(send(&app, method, path, None).await).await;

@@ -40,9 +40,14 @@ const LEAST_PRIVILEGE: &[&str] = &[
     "+del",
     "+exists",
     "+expire",
+    "+incr",
     "+incrby",
+    "+mget",
+    "+pttl",
+    "+unlink",
     "+llen",
     "+lrange",
+    "+lindex",
     "+lpush",
     "+rpush",
     "+lrem",
@@ -50,9 +55,11 @@ const LEAST_PRIVILEGE: &[&str] = &[
     "+lmove",
     "+blmove",
     "+hget",
+    "+hmget",
     "+hset",
     "+hdel",
     "+hexists",
+    "+hlen",
     "+sadd",
     "+srem",
     "+smembers",
@@ -60,6 +67,8 @@ const LEAST_PRIVILEGE: &[&str] = &[
     "+zadd",
     "+zrem",
     "+zcard",
+    "+zscore",
+    "+zrange",
     "+zrangebyscore",
     "+scan",
     "+multi",
@@ -366,7 +375,7 @@ async fn a_refused_publish_leaves_no_trace() {
     let (processing, pending, dead) = (
         cluster.key("processing:w"),
         cluster.key("pending"),
-        cluster.key("dead"),
+        cluster.key("dead:entries"),
     );
     let (done_id, failed_id) = (Uuid::now_v7(), Uuid::now_v7());
     let (done, failed) = (b"done-payload".to_vec(), b"failed-payload".to_vec());
@@ -392,7 +401,7 @@ async fn a_refused_publish_leaves_no_trace() {
     assert!(refused.is_err(), "the dead letter's publish is refused");
     let held: usize = redis.llen(&processing).await.unwrap();
     let still_pending: usize = redis.hlen(&pending).await.unwrap();
-    let dead_letters: usize = redis.llen(&dead).await.unwrap();
+    let dead_letters: usize = redis.hlen(&dead).await.unwrap();
     let marked: bool = redis.exists(&marker).await.unwrap();
     assert_eq!(
         (held, still_pending, dead_letters, marked),
@@ -407,7 +416,7 @@ async fn a_refused_publish_leaves_no_trace() {
         .unwrap();
     let held: usize = redis.llen(&processing).await.unwrap();
     let still_pending: usize = redis.hlen(&pending).await.unwrap();
-    let dead_letters: usize = redis.llen(&dead).await.unwrap();
+    let dead_letters: usize = redis.hlen(&dead).await.unwrap();
     let marked: bool = redis.exists(&marker).await.unwrap();
     assert_eq!((held, still_pending, dead_letters, marked), (0, 0, 1, true));
 }

@@ -83,7 +83,7 @@ async fn an_order_that_keeps_failing_is_dead_lettered_then_replayed() {
     )
     .await;
     assert_eq!(app.count_rows("orders").await, 1);
-    assert_eq!(app.list_len("dead").await, 0);
+    assert_eq!(app.hash_len("dead:entries").await, 0);
     // Replaying again finds nothing.
     let again = replay().await;
     assert_eq!(again.status(), 404);

@@ -235,7 +235,7 @@ struct ListParams {
     cursor: Option<String>,
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidField {
         field: field.into(),
         message: message.into(),
@@ -295,7 +295,7 @@ struct Page {
 }
 
 /// A page size: 1 to 500, 50 when absent.
-fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+pub(super) fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) => l
@@ -306,13 +306,13 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(id).map_err(|_| ApiError::NotFound(format!("no order {id}")))
 }
 
 /// Finds an order in PostgreSQL or, while no worker has stored it yet, in Redis. PostgreSQL is
 /// asked again after a Redis miss: a worker may have stored and acknowledged it in between.
-async fn find(api: &Api, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
+pub(super) async fn find(api: &Api, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
     if let Some(order) = api.store.get(order_id).await? {
         return Ok(Some(order));
     }
@@ -398,59 +398,6 @@ pub async fn delete_order(id: String, api: Arc<Api>) -> Result<Response, ApiErro
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /dead-letters?limit=` (admin): the newest dead letters with their error history.
-pub async fn list_dead_letters(query: String, api: Arc<Api>) -> Result<Response, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Params {
-        limit: Option<String>,
-    }
-    let params: Params = serde_urlencoded::from_str(&query)
-        .map_err(|e| ApiError::InvalidQuery(format!("invalid query string: {e}")))?;
-    let limit = parse_limit(params.limit.as_deref())?;
-    let entries = api.queue.dead_letters(limit as usize).await?;
-    let total = api.queue.dead_letter_count().await?;
-    let entries: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap_or_else(|_| serde_json::json!({"raw": e})))
-        .collect();
-    Ok(json(&serde_json::json!({"dead_letters": entries, "total": total})).into_response())
-}
-
-/// Dead letters searched for one order id by the retry route.
-const DEAD_LETTER_SCAN: usize = 100_000;
-
-/// `POST /dead-letters/{id}/retry` (admin): puts a dead-lettered order back on the queue with its
-/// tries reset (its error history is kept).
-pub async fn retry_dead_letter(id: String, api: Arc<Api>) -> Result<Response, ApiError> {
-    let order_id = parse_id(&id)?;
-    let not_found = || ApiError::NotFound(format!("no dead letter for order {order_id}"));
-    let entries = api.queue.dead_letters(DEAD_LETTER_SCAN).await?;
-    let wanted = order_id.to_string();
-    let (entry, payload) = entries
-        .iter()
-        .find_map(|e| {
-            let v: serde_json::Value = serde_json::from_str(e).ok()?;
-            (v["order_id"].as_str()? == wanted)
-                .then(|| (e.clone(), v["payload"].as_str().unwrap_or("").to_string()))
-        })
-        .ok_or_else(not_found)?;
-    let mut job = Job::parse(payload.as_bytes())
-        .map_err(|e| ApiError::Conflict(format!("this dead letter can never succeed: {e}")))?;
-    job.failures = 0;
-    if !api.store.requeue_failed(order_id).await? {
-        return Err(ApiError::Conflict(format!(
-            "order {order_id} is no longer failed"
-        )));
-    }
-    if !api.queue.revive(&entry, &job).await? {
-        return Err(not_found());
-    }
-    info!(api.log, "dead letter retried"; "order_id" => %order_id);
-    let body = json(&serde_json::json!({"order_id": order_id, "status": "queued"}));
-    Ok(with_status(body, StatusCode::ACCEPTED).into_response())
-}
-
 /// `GET /stats`: order metrics for people and scripts.
 pub async fn stats(api: Arc<Api>) -> Result<Response, ApiError> {
     let stats = crate::stats::collect(&api.queue, &api.store).await?;
@@ -495,11 +442,18 @@ pub async fn ready(api: Arc<Api>) -> Response {
     };
     let ready =
         redis == "ok" && postgres == "ok" && worker != "stopped" && notifier != "not subscribed";
+    // Paused by an operator is not unready: the process does what it was told.
+    let claiming = match api.queue.paused().await {
+        Ok(true) => "paused",
+        Ok(false) => "running",
+        Err(_) => "unknown",
+    };
     let body = json(&serde_json::json!({
         "status": if ready { "ready" } else { "unavailable" },
         "redis": redis,
         "postgres": postgres,
         "roles": {"api": "running", "worker": worker, "notifier": notifier},
+        "claiming": claiming,
     }));
     let status = if ready {
         StatusCode::OK

@@ -4,7 +4,9 @@
 //!
 //! - `routes.rs`: the table and the router
 //! - `auth.rs`: the admin check and its limit on failed attempts per client address
-//! - `handlers.rs`: one function per operation
+//! - `handlers.rs`: one function per operation on orders, and the probes
+//! - `admin.rs`: the operator's operations (the console's): dead letters, scheduled retries,
+//!   pause and resume, workers, per-second history, an order's history
 //! - `server.rs`: the accept loop and its connection and time budgets
 //! - `body.rs`: the JSON body reader and its limits of size, time and memory
 //! - `request_id.rs`: `X-Request-Id`
@@ -14,6 +16,7 @@
 //! - `console.rs`: the operator console's page, script and style sheet (`console/`)
 
 mod access_log;
+mod admin;
 mod auth;
 mod body;
 mod console;
@@ -71,6 +74,8 @@ pub struct Api {
     pub roles: Arc<crate::RoleStatus>,
     /// What `/readyz` asks of Redis: the permissions this process's roles need.
     pub probe: Arc<crate::queue::Probe>,
+    /// The worker lease, past which the console marks a worker stuck.
+    pub lease: std::time::Duration,
     pub log: Logger,
 }
 

@@ -7,7 +7,7 @@ use super::body::json_body;
 use super::console::{self, Asset};
 use super::error::answer;
 use super::request_id::request_id;
-use super::{handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
+use super::{admin as ops, handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
 use futures_util::future;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,8 +42,20 @@ static ORDER: Route = Route::new(
     &[(Method::GET, Public), (Method::DELETE, Admin)],
 );
 static ORDER_STATUS: Route = Route::new("/orders/{id}/status", &[(Method::PUT, Public)]);
-static DEAD_LETTERS: Route = Route::new("/dead-letters", &[(Method::GET, Admin)]);
+static ORDER_HISTORY: Route = Route::new("/orders/{id}/history", &[(Method::GET, Public)]);
+static DEAD_LETTERS: Route = Route::new(
+    "/dead-letters",
+    &[(Method::GET, Admin), (Method::DELETE, Admin)],
+);
+static DEAD_LETTERS_RETRY: Route = Route::new("/dead-letters/retry", &[(Method::POST, Admin)]);
+static DEAD_LETTER: Route = Route::new("/dead-letters/{id}", &[(Method::DELETE, Admin)]);
 static DEAD_LETTER_RETRY: Route = Route::new("/dead-letters/{id}/retry", &[(Method::POST, Admin)]);
+static SCHEDULED: Route = Route::new("/scheduled", &[(Method::GET, Admin)]);
+static SCHEDULED_RETRY: Route = Route::new("/scheduled/{id}/retry", &[(Method::POST, Admin)]);
+static WORKERS: Route = Route::new("/workers", &[(Method::GET, Public)]);
+static WORKERS_PAUSE: Route = Route::new("/workers/pause", &[(Method::POST, Admin)]);
+static WORKERS_RESUME: Route = Route::new("/workers/resume", &[(Method::POST, Admin)]);
+static STATS_HISTORY: Route = Route::new("/stats/history", &[(Method::GET, Public)]);
 static HEALTHZ: Route = Route::new("/healthz", &[(Method::GET, Public)]);
 static READYZ: Route = Route::new("/readyz", &[(Method::GET, Public)]);
 static STATS: Route = Route::new("/stats", &[(Method::GET, Public)]);
@@ -61,11 +73,20 @@ pub static ROUTES: &[&Route] = &[
     &ORDERS_BATCH,
     &ORDER,
     &ORDER_STATUS,
+    &ORDER_HISTORY,
     &DEAD_LETTERS,
+    &DEAD_LETTERS_RETRY,
+    &DEAD_LETTER,
     &DEAD_LETTER_RETRY,
+    &SCHEDULED,
+    &SCHEDULED_RETRY,
+    &WORKERS,
+    &WORKERS_PAUSE,
+    &WORKERS_RESUME,
     &HEALTHZ,
     &READYZ,
     &STATS,
+    &STATS_HISTORY,
     &METRICS,
     &OPENAPI,
     &FRONT_PAGE,
@@ -229,14 +250,49 @@ pub(super) fn router(
         .and(path_id())
         .and(with_api.clone())
         .then(handlers::delete_order);
+    let history = public(&ORDER_HISTORY, Method::GET)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(ops::order_history);
     let dead_letters = admin(&DEAD_LETTERS, Method::GET, &api)
         .and(raw_query())
         .and(with_api.clone())
-        .then(handlers::list_dead_letters);
+        .then(ops::list_dead_letters);
+    let purge_dead_letters = admin(&DEAD_LETTERS, Method::DELETE, &api)
+        .and(with_api.clone())
+        .then(ops::purge_dead_letters);
+    let retry_dead_letters = admin(&DEAD_LETTERS_RETRY, Method::POST, &api)
+        .and(json_body(MAX_BODY, &api.body_budget))
+        .and(with_api.clone())
+        .then(ops::retry_dead_letters);
+    let delete_dead_letter = admin(&DEAD_LETTER, Method::DELETE, &api)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(ops::delete_dead_letter);
     let retry_dead_letter = admin(&DEAD_LETTER_RETRY, Method::POST, &api)
         .and(path_id())
         .and(with_api.clone())
-        .then(handlers::retry_dead_letter);
+        .then(ops::retry_dead_letter);
+    let scheduled = admin(&SCHEDULED, Method::GET, &api)
+        .and(raw_query())
+        .and(with_api.clone())
+        .then(ops::list_scheduled);
+    let run_scheduled = admin(&SCHEDULED_RETRY, Method::POST, &api)
+        .and(path_id())
+        .and(with_api.clone())
+        .then(ops::run_scheduled_now);
+    let workers = public(&WORKERS, Method::GET)
+        .and(with_api.clone())
+        .then(ops::workers);
+    let pause = admin(&WORKERS_PAUSE, Method::POST, &api)
+        .and(with_api.clone())
+        .then(ops::pause);
+    let resume = admin(&WORKERS_RESUME, Method::POST, &api)
+        .and(with_api.clone())
+        .then(ops::resume);
+    let stats_history = public(&STATS_HISTORY, Method::GET)
+        .and(with_api.clone())
+        .then(ops::history);
     let healthz = public(&HEALTHZ, Method::GET)
         .map(|| Ok(json(&serde_json::json!({"status": "ok"})).into_response()));
     let readyz = public(&READYZ, Method::GET)
@@ -261,7 +317,20 @@ pub(super) fn router(
     // compiler; warp still tries the branches left to right.
     let orders = batch.or(list.or(get).unify()).unify();
     let changes = cancel.or(delete).unify();
-    let dead_letter_ops = dead_letters.or(retry_dead_letter).unify();
+    let dead_letter_ops = dead_letters
+        .or(purge_dead_letters)
+        .unify()
+        .or(retry_dead_letters.or(delete_dead_letter).unify())
+        .unify()
+        .or(retry_dead_letter)
+        .unify();
+    let operator = scheduled
+        .or(run_scheduled)
+        .unify()
+        .or(workers.or(pause).unify().or(resume).unify())
+        .unify()
+        .or(history.or(stats_history).unify())
+        .unify();
     let probes = healthz
         .or(readyz)
         .unify()
@@ -270,7 +339,9 @@ pub(super) fn router(
     let others = orders
         .or(changes)
         .unify()
-        .or(dead_letter_ops.or(probes).unify().or(document).unify())
+        .or(dead_letter_ops.or(operator).unify())
+        .unify()
+        .or(probes.or(document).unify())
         .unify()
         .or(console)
         .unify()

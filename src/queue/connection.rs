@@ -162,6 +162,28 @@ impl BlockingConnection {
         }
     }
 
+    /// Runs a pipeline that ends in a blocking command's reply and what follows it.
+    pub async fn query_pipeline<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            BlockingConnection::Pooled(conn) => pipe.query_async(conn).await,
+            BlockingConnection::Cluster(conn) => pipe.query_async(conn).await,
+            BlockingConnection::Sentinel {
+                conn,
+                primary,
+                generation,
+            } => {
+                let reply = pipe.query_async(conn).await;
+                if let Err(e) = &reply {
+                    primary.noticed(*generation, e).await;
+                }
+                reply
+            }
+        }
+    }
+
     /// Drops the connection so that it is never reused (a pooled one leaves the pool).
     pub fn discard(self) {
         if let BlockingConnection::Pooled(conn) = self {

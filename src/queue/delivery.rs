@@ -73,7 +73,10 @@ impl WorkerQueue {
     }
 
     /// Waits up to a second for the next order and moves it, atomically, from the queue into
-    /// this worker's processing list, where it stays until acknowledged.
+    /// this worker's processing list, where it stays until acknowledged. With
+    /// `ORDERS_REDIS_MIN_REPLICAS`, the move must reach that many replicas (a `WAIT` in the same
+    /// round trip), or the claim fails with the order left in the list, for the fetch loop to put
+    /// back: an order whose enqueue a failover may still lose is not processed.
     pub async fn claim(
         &self,
         conn: &mut BlockingConnection,
@@ -85,20 +88,52 @@ impl WorkerQueue {
             .arg("RIGHT")
             .arg("LEFT")
             .arg(CLAIM_BLOCK_SECONDS);
-        Ok(conn.query(&blmove).await?)
+        let replication = self.queue.replication;
+        if replication.min_replicas == 0 {
+            return Ok(conn.query(&blmove).await?);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(blmove)
+            .cmd("WAIT")
+            .arg(replication.min_replicas)
+            .arg(replication.timeout_ms);
+        let (claimed, acked): (Option<Vec<u8>>, u32) = conn.query_pipeline(&pipe).await?;
+        match claimed {
+            Some(_) if acked < replication.min_replicas => Err(QueueError::NotReplicated {
+                wanted: replication.min_replicas,
+                acked,
+            }),
+            claimed => Ok(claimed),
+        }
     }
 
     /// Takes up to `n` orders that are already waiting, in one round trip and without blocking,
-    /// so a deep queue is drained in batches; moved atomically like [`WorkerQueue::claim`].
+    /// so a deep queue is drained in batches; moved atomically like [`WorkerQueue::claim`], and
+    /// like it replicated first with `ORDERS_REDIS_MIN_REPLICAS`.
     pub async fn claim_waiting(&self, n: usize) -> Result<Vec<Vec<u8>>, QueueError> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        Ok(CLAIM_WAITING
-            .call(&[self.queue.keys.queue(), &self.processing])
-            .arg(n)
-            .run(&mut self.queue.conn())
-            .await?)
+        let mut call = CLAIM_WAITING.call(&[self.queue.keys.queue(), &self.processing]);
+        call.arg(n);
+        let replication = self.queue.replication;
+        if replication.min_replicas == 0 {
+            return Ok(call.run(&mut self.queue.conn()).await?);
+        }
+        let (claimed, acked): (Vec<Vec<u8>>, u32) = call
+            .run_and_wait(
+                &mut self.queue.conn(),
+                replication.min_replicas,
+                replication.timeout_ms,
+            )
+            .await?;
+        if !claimed.is_empty() && acked < replication.min_replicas {
+            return Err(QueueError::NotReplicated {
+                wanted: replication.min_replicas,
+                acked,
+            });
+        }
+        Ok(claimed)
     }
 
     /// Everything in this worker's processing list.
@@ -128,11 +163,7 @@ impl WorkerQueue {
     ) -> Result<(), QueueError> {
         let keys = &self.queue.keys;
         // Completions per second, for "completed in the last minute" without a table scan.
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let (counter, marker) = (keys.completed(second), keys.ack(ack_id));
+        let (counter, marker) = (keys.completed(unix_second()), keys.ack(ack_id));
         let mut call =
             PUBLISH_AND_ACKNOWLEDGE.call(&[&self.processing, keys.pending(), &counter, &marker]);
         call.arg(&self.completed_channel);
@@ -159,25 +190,35 @@ impl WorkerQueue {
         errors: &[String],
         failed_event: Option<&str>,
     ) -> Result<(), QueueError> {
-        let entry = serde_json::json!({
-            "order_id": order_id,
-            "payload": String::from_utf8_lossy(payload),
-            "errors": errors,
-            "failed_at": time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        });
+        let letter = super::DeadLetter::new(payload, order_id, errors);
         let keys = &self.queue.keys;
+        let counter = keys.failed(unix_second());
         let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
         DEAD_LETTER_AND_PUBLISH
-            .call(&[&self.processing, keys.dead(), keys.pending()])
+            .call(&[
+                &self.processing,
+                keys.dead_entries(),
+                keys.dead_index(),
+                keys.pending(),
+                &counter,
+            ])
             .arg(&self.failed_channel)
             .arg(failed_event.unwrap_or(""))
-            .arg(entry.to_string())
+            .arg(&letter.id)
+            .arg(letter.to_stored())
+            .arg(&letter.key)
             .arg(payload)
             .arg(order_id)
             .run::<i64>(&mut self.queue.conn())
             .await?;
         Ok(())
     }
+}
+
+/// The current Unix second, which names the per-second counters.
+pub(super) fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -8,8 +8,15 @@
 //! - `workers` and `heartbeat:<worker>`: live worker processes and their leases;
 //! - `scheduled`: sorted set of orders waiting to be retried, scored by due time (ms);
 //! - `idempotency:<key>`: the orders an `Idempotency-Key` made (one, or a batch), for 24 h;
-//! - `dead`: dead letters (payload, errors, time);
-//! - `completed:<unix second>`: completions in that second, for "completed in the last minute";
+//! - `dead:entries` and `dead:index`: dead letters, a hash id → entry (payload, errors, time)
+//!   and their order, a sorted set of `<failed at, ms, 15 digits>:<id>` all scored 0, paged by
+//!   lex range; `dead` is the list that held them before, adopted into those at start;
+//! - `paused`: present (the Unix ms it was set) while claiming is paused for every worker;
+//! - `worker:<worker>`: what one worker process tells the console (host, pid, start, its last
+//!   renewal, memory and CPU), kept ten leases;
+//! - `failed:<unix second>`: dead letters in that second, beside `completed:<second>`;
+//! - `completed:<unix second>`: completions in that second (kept 11 minutes), for "completed in
+//!   the last minute" and the console's chart;
 //! - `ack:<id>`: the marker of one acknowledgement, so a retried one does nothing twice.
 
 /// The key names under one prefix.
@@ -19,6 +26,9 @@ pub struct Keys {
     queue: String,
     pending: String,
     dead: String,
+    dead_entries: String,
+    dead_index: String,
+    paused: String,
     workers: String,
     scheduled: String,
 }
@@ -31,6 +41,9 @@ impl Keys {
             queue: format!("{tag}queue"),
             pending: format!("{tag}pending"),
             dead: format!("{tag}dead"),
+            dead_entries: format!("{tag}dead:entries"),
+            dead_index: format!("{tag}dead:index"),
+            paused: format!("{tag}paused"),
             workers: format!("{tag}workers"),
             scheduled: format!("{tag}scheduled"),
             tag,
@@ -52,9 +65,34 @@ impl Keys {
         &self.pending
     }
 
-    /// The dead-letter list.
+    /// The list dead letters were kept in before the index (adopted at start).
     pub fn dead(&self) -> &str {
         &self.dead
+    }
+
+    /// The hash of dead letters by id.
+    pub fn dead_entries(&self) -> &str {
+        &self.dead_entries
+    }
+
+    /// The sorted set that orders the dead letters, newest last.
+    pub fn dead_index(&self) -> &str {
+        &self.dead_index
+    }
+
+    /// The marker of paused claiming.
+    pub fn paused(&self) -> &str {
+        &self.paused
+    }
+
+    /// What one worker process tells the console.
+    pub fn worker_info(&self, worker: &str) -> String {
+        format!("{}worker:{worker}", self.tag)
+    }
+
+    /// The dead-letter counter of one Unix second.
+    pub fn failed(&self, second: u64) -> String {
+        format!("{}failed:{second}", self.tag)
     }
 
     /// The set of registered worker processes.

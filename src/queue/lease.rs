@@ -74,14 +74,15 @@ impl Queue {
 }
 
 impl WorkerQueue {
-    /// Renews this worker process's lease (and registers it).
-    pub async fn heartbeat(&self, lease: Duration) -> Result<(), QueueError> {
+    /// Renews this worker process's lease (and registers it), and leaves `info` (what the
+    /// console shows of the process) for ten leases.
+    pub async fn heartbeat(&self, lease: Duration, info: &str) -> Result<(), QueueError> {
         // Two single-key commands, sent together on the multiplexed connection (one round trip),
         // not a pipeline: while a cluster migrates the slot, a command whose key has moved is
         // answered ASK, which the cluster client follows for a command but not inside a
         // pipeline, and a lease that lapses mid-migration would have a live worker reaped.
         let keys = &self.queue.keys;
-        let (mut a, mut b) = (self.queue.conn(), self.queue.conn());
+        let (mut a, mut b, mut c) = (self.queue.conn(), self.queue.conn(), self.queue.conn());
         let mut renew = redis::cmd("SET");
         renew
             .arg(keys.heartbeat(&self.worker_id))
@@ -90,9 +91,15 @@ impl WorkerQueue {
             .arg(lease.as_millis() as u64);
         let mut register = redis::cmd("SADD");
         register.arg(keys.workers()).arg(&self.worker_id);
+        let mut tell = redis::cmd("SET");
+        tell.arg(keys.worker_info(&self.worker_id))
+            .arg(info)
+            .arg("PX")
+            .arg(lease.as_millis() as u64 * 10);
         tokio::try_join!(
             renew.query_async::<()>(&mut a),
-            register.query_async::<()>(&mut b)
+            register.query_async::<()>(&mut b),
+            tell.query_async::<()>(&mut c)
         )?;
         Ok(())
     }
@@ -103,7 +110,13 @@ impl WorkerQueue {
         let keys = &self.queue.keys;
         let heartbeat = keys.heartbeat(&self.worker_id);
         Ok(RETIRE
-            .call(&[&self.processing, keys.queue(), keys.workers(), &heartbeat])
+            .call(&[
+                &self.processing,
+                keys.queue(),
+                keys.workers(),
+                &heartbeat,
+                &keys.worker_info(&self.worker_id),
+            ])
             .arg(&self.worker_id)
             .run(&mut self.queue.conn())
             .await?)

@@ -1,12 +1,14 @@
 //! Redis, by stage of an order's path: [`ingest`] (enqueue, the pending lookup), [`delivery`]
-//! (claim, publish and acknowledge, dead letters), [`lease`] (heartbeats, the reaper, orphan
-//! adoption, retirement), [`retry`] (the schedule and its promotion) and [`admin`] (dead-letter
-//! listing and revival, removal, gauges), [`probe`] (whether this Redis lets the roles do
+//! (claim, publish and acknowledge, dead-lettering), [`lease`] (heartbeats, the reaper, orphan
+//! adoption, retirement), [`retry`] (the schedule and its promotion), [`dead_letters`] (the
+//! indexed dead letters: pages, retry, delete, purge), [`admin`] (removal, pause, scheduled
+//! retries, workers, history, gauges), [`probe`] (whether this Redis lets the roles do
 //! their work) and [`repair`] (orders PostgreSQL holds as processing that Redis lost). Each Lua script sits in a `.lua` file beside the one
 //! function that runs it, and runs through [`script::Lua`]. Key names are in [`keys`].
 
 mod admin;
 mod connection;
+mod dead_letters;
 mod delivery;
 mod ingest;
 mod keys;
@@ -16,8 +18,11 @@ mod repair;
 mod retry;
 mod script;
 
-pub use admin::{QueueGauges, Removal};
+pub use admin::{
+    History, OrderTraces, QueueGauges, Removal, ScheduledPage, WorkerState, HISTORY_SECONDS,
+};
 pub use connection::{BlockingConnection, Connection};
+pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterPage, DEAD_LETTER_SCAN};
 pub use delivery::{Ack, WorkerQueue};
 pub use ingest::{Enqueued, Replay, IDEMPOTENCY_TTL_SECONDS};
 pub use keys::Keys;
@@ -78,6 +83,10 @@ pub struct Queue {
     /// To the enqueuer task, which puts the orders of concurrent requests on the queue together.
     enqueuer: mpsc::Sender<ingest::Submission>,
     keys: Arc<Keys>,
+    /// Replicas that must hold an enqueue before it is answered, and a claim before the order
+    /// is processed: an order answered 503 `not_replicated` and then lost with its primary is
+    /// never processed either, so the client's retry does not make it a second order.
+    replication: ingest::Replication,
 }
 
 impl Queue {
@@ -97,6 +106,7 @@ impl Queue {
             replication,
         );
         Ok(Queue {
+            replication,
             conn,
             deployment: Arc::new(deployment),
             enqueuer,

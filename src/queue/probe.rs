@@ -107,6 +107,9 @@ impl Probe {
             keys.completed(0),
             keys.ack("probe"),
         );
+        let (dead_entries, dead_index, paused) =
+            (keys.dead_entries(), keys.dead_index(), keys.paused());
+        let (failed, worker_info) = (keys.failed(0), keys.worker_info("probe"));
         let mut probe = Probe {
             key: key.clone(),
             key_pattern: format!("~{}*", keys.tag()),
@@ -134,9 +137,34 @@ impl Probe {
             probe.key_check(&["LREM", queue, "0", "x"]);
             probe.key_check(&["ZREM", scheduled, "x"]);
             probe.key_check(&["HDEL", pending, "id"]);
-            probe.key_check(&["LREM", dead, "1", "x"]);
-            probe.key_check(&["LRANGE", dead, "0", "0"]);
+            // The dead letters (dead_letters.rs and its scripts) and the console's reads.
+            probe.key_check(&["HLEN", dead_entries]);
+            probe.key_check(&["HMGET", dead_entries, "id"]);
+            probe.key_check(&["HGET", dead_entries, "id"]);
+            probe.key_check(&["HDEL", dead_entries, "id"]);
+            probe.key_check(&["ZREM", dead_index, "x"]);
+            probe.key_check(&[
+                "ZRANGE", dead_index, "+", "-", "BYLEX", "REV", "LIMIT", "0", "1",
+            ]);
+            probe.key_check(&["UNLINK", dead_entries, dead_index, dead]);
             probe.key_check(&["LLEN", dead]);
+            probe.key_check(&["LRANGE", dead, "0", "0"]);
+            probe.key_check(&["LREM", dead, "-1", "x"]);
+            probe.key_check(&["HSET", dead_entries, "id", "x"]);
+            probe.key_check(&["ZADD", dead_index, "0", "x"]);
+            probe.key_check(&["ZSCORE", scheduled, "x"]);
+            probe.key_check(&[
+                "ZRANGE", scheduled, "0", "+inf", "BYSCORE", "LIMIT", "0", "1",
+            ]);
+            probe.key_check(&["RPUSH", queue, "x"]);
+            probe.key_check(&["SET", paused, "1", "NX"]);
+            probe.key_check(&["GET", paused]);
+            probe.key_check(&["DEL", paused]);
+            probe.key_check(&["EXISTS", paused]);
+            probe.key_check(&["GET", &worker_info]);
+            probe.key_check(&["PTTL", &heartbeat]);
+            probe.key_check(&["LINDEX", &processing, "-1"]);
+            probe.key_check(&["MGET", &completed, &failed]);
             probe.key_check(&["SMEMBERS", workers]);
             probe.key_check(&["EXISTS", &heartbeat]);
             probe.key_check(&["LLEN", &processing]);
@@ -163,7 +191,18 @@ impl Probe {
             probe.key_check(&["HEXISTS", pending, "id"]);
             probe.key_check(&["INCRBY", &completed, "1"]);
             probe.key_check(&["EXPIRE", &completed, "120"]);
-            probe.key_check(&["LPUSH", dead, "x"]);
+            probe.key_check(&["HGET", dead_entries, "id"]);
+            probe.key_check(&["HSET", dead_entries, "id", "x"]);
+            probe.key_check(&["ZREM", dead_index, "x"]);
+            probe.key_check(&["ZADD", dead_index, "0", "x"]);
+            probe.key_check(&["INCR", &failed]);
+            probe.key_check(&["EXPIRE", &failed, "660"]);
+            probe.key_check(&["EXISTS", paused]);
+            probe.key_check(&["SET", &worker_info, "{}", "PX", "1000"]);
+            probe.key_check(&["DEL", &heartbeat, &worker_info]);
+            probe.key_check(&["HLEN", dead_entries]);
+            probe.key_check(&["LRANGE", dead, "-1", "-1"]);
+            probe.key_check(&["LREM", dead, "-1", "x"]);
             probe.command(&["MULTI"]);
             probe.command(&["EXEC"]);
             probe.key_check(&["ZADD", scheduled, "0", "x"]);
@@ -185,8 +224,11 @@ impl Probe {
         if roles.notifier {
             probe.channel_check("SUBSCRIBE", &config.event_channel);
         }
-        if roles.api && config.redis_min_replicas > 0 {
+        if (roles.api || roles.worker) && config.redis_min_replicas > 0 {
+            // After each enqueue, and after each claim.
             probe.command(&["WAIT", "0", "0"]);
+        }
+        if roles.api && config.redis_min_replicas > 0 {
             // How many replicas are online, for readiness.
             probe.command(&["INFO", "replication"]);
         }

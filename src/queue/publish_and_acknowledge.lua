@@ -27,7 +27,7 @@ end
 if #ids > 0 then redis.call('HDEL', KEYS[2], unpack(ids)) end
 if published > 0 then
   redis.call('INCRBY', KEYS[3], published)
-  redis.call('EXPIRE', KEYS[3], 120)
+  redis.call('EXPIRE', KEYS[3], 660)
 end
 redis.call('SET', KEYS[4], 1, 'EX', 120)
 return published

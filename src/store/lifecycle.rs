@@ -26,6 +26,11 @@ pub enum Completion {
     TakenOver,
 }
 
+/// The errors of a job's failed tries as stored (JSON), `None` when it has none.
+fn errors_json(job: &Job) -> Option<String> {
+    (!job.errors.is_empty()).then(|| serde_json::to_string(&job.errors).unwrap_or_default())
+}
+
 impl Store {
     /// Stores delivered orders with status `processing` (with their items, in one statement and
     /// so one transaction), counting the delivery in `attempts`. Returns, for each order that may
@@ -43,12 +48,16 @@ impl Store {
         let mut customers = Vec::with_capacity(jobs.len());
         let mut cents = Vec::with_capacity(jobs.len());
         let mut accepted = Vec::with_capacity(jobs.len());
+        let mut request_ids = Vec::with_capacity(jobs.len());
+        let mut errors = Vec::with_capacity(jobs.len());
         let (mut item_ids, mut positions, mut items) = (Vec::new(), Vec::new(), Vec::new());
         for job in jobs {
             ids.push(job.order_id);
             customers.push(job.customer_id.as_str());
             cents.push(job.total.cents());
             accepted.push(job.accepted_at);
+            request_ids.push(job.request_id.as_deref());
+            errors.push(errors_json(job));
             for (i, item) in job.items.iter().enumerate() {
                 item_ids.push(job.order_id);
                 positions.push(i as i32 + 1);
@@ -60,14 +69,16 @@ impl Store {
             .prepare_cached(
                 "WITH o AS (
                     INSERT INTO orders (order_id, customer_id, total, status, attempts,
-                                        accepted_at, processing_started_at)
+                                        accepted_at, processing_started_at, request_id, errors)
                     SELECT t.order_id, t.customer_id, t.cents / 100.0, 'processing', 1,
-                           t.accepted_at, now()
-                    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[])
-                         AS t(order_id, customer_id, cents, accepted_at)
+                           t.accepted_at, now(), t.request_id, t.errors::jsonb
+                    FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[],
+                                $8::text[], $9::text[])
+                         AS t(order_id, customer_id, cents, accepted_at, request_id, errors)
                     ON CONFLICT (order_id) DO UPDATE
                         SET status = 'processing', attempts = orders.attempts + 1,
-                            processing_started_at = now(), updated_at = now()
+                            processing_started_at = now(), updated_at = now(),
+                            errors = coalesce(excluded.errors, orders.errors)
                         WHERE orders.status IN ('queued', 'processing')
                     RETURNING order_id, attempts, (xmax = 0) AS inserted
                  ), i AS (
@@ -86,7 +97,15 @@ impl Store {
             .query(
                 &stmt,
                 &[
-                    &ids, &customers, &cents, &accepted, &item_ids, &positions, &items,
+                    &ids,
+                    &customers,
+                    &cents,
+                    &accepted,
+                    &item_ids,
+                    &positions,
+                    &items,
+                    &request_ids,
+                    &errors,
                 ],
             )
             .await?;
@@ -161,11 +180,11 @@ impl Store {
             .prepare_cached(
                 "WITH o AS (
                     INSERT INTO orders (order_id, customer_id, total, status, attempts,
-                                        accepted_at, last_error)
-                    VALUES ($1, $2, $3::int8 / 100.0, $6, 0, $4, $7)
+                                        accepted_at, last_error, request_id, errors)
+                    VALUES ($1, $2, $3::int8 / 100.0, $6, 0, $4, $7, $8, $9::text::jsonb)
                     ON CONFLICT (order_id) DO UPDATE
                         SET status = $6, last_error = coalesce($7, orders.last_error),
-                            updated_at = now()
+                            errors = coalesce($9::text::jsonb, orders.errors), updated_at = now()
                         WHERE orders.status IN ('queued', 'processing')
                     RETURNING (xmax = 0) AS inserted
                  ), i AS (
@@ -189,20 +208,34 @@ impl Store {
                     &job.items,
                     &status.as_str(),
                     &error,
+                    &job.request_id,
+                    &errors_json(job),
                 ],
             )
             .await?;
         Ok(!rows.is_empty())
     }
 
-    /// Makes a failed order `queued` again (a dead letter replayed by an admin). `Ok(false)` when
-    /// the order is in another final status; an order with no row yet is fine.
-    pub async fn requeue_failed(&self, order_id: Uuid) -> Result<bool, StoreError> {
-        let from = [Status::Failed, Status::Queued];
-        if self.change_status(order_id, Status::Queued, &from).await? {
-            return Ok(true);
-        }
-        Ok(self.status_of(order_id).await?.is_none())
+    /// Makes failed orders `queued` again (dead letters replayed by an admin), in one statement.
+    /// Returns those that may go back on the queue: made `queued` (or already so), or with no
+    /// row yet; an order in another final status is left out.
+    pub async fn requeue_failed(&self, order_ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH changed AS (
+                    UPDATE orders SET status = 'queued', updated_at = now()
+                    WHERE order_id = ANY($1) AND status IN ('failed', 'queued')
+                    RETURNING order_id
+                 )
+                 SELECT order_id FROM changed
+                 UNION ALL
+                 SELECT t.id FROM unnest($1::uuid[]) AS t(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = t.id)",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&order_ids]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Cancels an order that is `queued` or `processing`. `queued` is the order as it waits in

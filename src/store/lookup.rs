@@ -63,6 +63,16 @@ impl OrderView {
     }
 }
 
+/// An order and what [`Store::history`] reads besides.
+#[derive(Debug, Clone)]
+pub struct StoredHistory {
+    pub order: OrderView,
+    pub request_id: Option<String>,
+    /// The error of each failed try, oldest first.
+    pub errors: Vec<String>,
+    pub notified_at: Option<OffsetDateTime>,
+}
+
 /// About the most bytes of orders one page of `GET /orders` holds: a page is cut short of its
 /// limit, with a cursor to the rest, rather than grow past it (500 ordinary orders take about
 /// 150 KB).
@@ -123,6 +133,32 @@ impl Store {
             .await?;
         let row = client.query_opt(&stmt, &[&order_id]).await?;
         Ok(row.as_ref().map(OrderView::from_row))
+    }
+
+    /// One order with what its detail page shows besides: the request that placed it, the
+    /// error of each failed try, when its notification was sent.
+    pub async fn history(&self, order_id: Uuid) -> Result<Option<StoredHistory>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS}, o.request_id, o.errors::text AS errors,
+                        (SELECT n.sent_at FROM notifications n WHERE n.order_id = o.order_id)
+                            AS notified_at
+                 FROM orders o WHERE o.order_id = $1"
+            ))
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&order_id]).await? else {
+            return Ok(None);
+        };
+        let errors: Option<String> = row.get("errors");
+        Ok(Some(StoredHistory {
+            order: OrderView::from_row(&row),
+            request_id: row.get("request_id"),
+            errors: errors
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .unwrap_or_default(),
+            notified_at: row.get("notified_at"),
+        }))
     }
 
     /// A page of orders, newest first, and the cursor of the next page if there is one.

@@ -11,7 +11,7 @@ mod stats;
 mod tls;
 
 pub use lifecycle::{CancelOutcome, Completion};
-pub use lookup::{Cursor, ListQuery, OrderView};
+pub use lookup::{Cursor, ListQuery, OrderView, StoredHistory};
 pub use stats::{OrderStats, Timing, STATS_WINDOW};
 pub use tls::UrlError;
 

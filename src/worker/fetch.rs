@@ -126,6 +126,13 @@ impl Fetcher {
                     wait_for_database(ctx, &shutdown).await;
                     continue;
                 }
+                if ctx.paused.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(super::PAUSE_CHECK_EVERY) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
                 let slot = tokio::select! {
                     slot = self.slots.clone().acquire_owned() => match slot {
                         Ok(s) => s,
@@ -174,6 +181,15 @@ impl Fetcher {
                     }
                 }
                 backoff.reset();
+                if ctx.paused.load(Ordering::Relaxed) {
+                    // Paused while the claim was under way: what it took goes back to the head.
+                    if let Err(e) = ctx.queue.requeue(&claimed).await {
+                        warn!(ctx.log, "cannot put back orders claimed as claiming was paused"; "error" => %e);
+                        unsure = true;
+                    }
+                    drop(claiming);
+                    continue;
+                }
                 for payload in claimed {
                     let Some(slot) = slots.split(1) else { break };
                     let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));

@@ -27,7 +27,7 @@ pub(super) async fn keep_lease_reap_and_repair(ctx: Arc<Ctx>, lease: Duration, s
         loop {
             tokio::select! {
                 _ = beat.tick() => {
-                    if let Err(e) = ctx.queue.heartbeat(lease).await {
+                    if let Err(e) = ctx.queue.heartbeat(lease, &info(&ctx)).await {
                         warn!(ctx.log, "heartbeat failed"; "error" => %e);
                     }
                 }
@@ -84,4 +84,16 @@ async fn requeue_orders_redis_lost(ctx: &Ctx, stuck_after: Duration) {
         }
         Err(e) => warn!(ctx.log, "putting back orders Redis lost failed"; "error" => %e),
     }
+}
+
+/// What the console shows of this process, as of now: its host, pid and start, the time of this
+/// renewal, and its memory and CPU.
+pub(super) fn info(ctx: &Ctx) -> String {
+    let mut info = ctx.about.clone();
+    let sample = stats::process_sample();
+    info["beat_ms"] = super::now_ms().into();
+    info["rss_bytes"] = sample.rss_bytes.into();
+    info["cpu_seconds"] = sample.cpu_seconds.into();
+    info["open_fds"] = sample.open_fds.into();
+    info.to_string()
 }

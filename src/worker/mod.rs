@@ -7,7 +7,8 @@
 //!   completes, publishes and acknowledges whatever has finished, again a batch per round trip;
 //! - [`retry`]: a transient failure schedules the order's next try, an order whose tries ran out
 //!   is failed and dead-lettered, and a loop promotes the retries that are due;
-//! - [`lease`]: a loop renews this process's lease, reaps the orders of dead workers, and puts
+//! - [`pause`]: a loop follows the operator's pause of claiming, which the fetch loops obey;
+//! - [`lease`]: a loop renews this process's lease (and tells the console about the process), reaps the orders of dead workers, and puts
 //!   back on the queue the orders PostgreSQL holds as `processing` that Redis lost.
 //!
 //! An order is acknowledged (removed from this process's processing list) only after its final
@@ -17,6 +18,7 @@
 
 mod fetch;
 mod lease;
+mod pause;
 mod retry;
 mod steps;
 
@@ -32,6 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
+pub use pause::PAUSE_CHECK_EVERY;
+
 /// What one worker process shares between its loops and tasks.
 struct Ctx {
     /// The queue bound to this process's id: fresh on every start, so a restarted process never
@@ -42,6 +46,10 @@ struct Ctx {
     max_attempts: u32,
     retry_base: Duration,
     retry_max: Duration,
+    /// Set while an operator has paused claiming (see [`pause`]).
+    paused: AtomicBool,
+    /// What the console shows of this process and does not change: host, pid, start time.
+    about: serde_json::Value,
     /// Set when PostgreSQL was found unreachable: fetch loops stop claiming until it answers.
     db_down: AtomicBool,
     held: Arc<fetch::Held>,
@@ -66,6 +74,8 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         max_attempts: config.max_attempts,
         retry_base: Duration::from_millis(config.retry_base_ms),
         retry_max: Duration::from_millis(config.retry_max_ms),
+        paused: AtomicBool::new(false),
+        about: about_this_process(&worker_id),
         db_down: AtomicBool::new(false),
         held: Arc::default(),
         claiming: tokio::sync::RwLock::new(()),
@@ -80,7 +90,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
 
     // The lease must exist before the first claim, or a reaper could take the claimed orders.
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while let Err(e) = ctx.queue.heartbeat(lease).await {
+    while let Err(e) = ctx.queue.heartbeat(lease, &lease::info(&ctx)).await {
         warn!(ctx.log, "cannot register the worker, retrying"; "error" => %e);
         backoff.wait(&shutdown).await;
         if shutdown.is_cancelled() {
@@ -93,6 +103,12 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
         abort.clone(),
     ));
     let promoter = tokio::spawn(retry::promote_due_retries(ctx.clone(), abort.clone()));
+    // Read once before the first claim, so a process started while paused claims nothing.
+    if let Ok(paused) = ctx.queue.queue().paused().await {
+        ctx.paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+    let pauser = tokio::spawn(pause::follow_pause(ctx.clone(), abort.clone()));
     let (finished, finished_rx) = mpsc::unbounded_channel();
     let completer = tokio::spawn(steps::completer(ctx.clone(), finished_rx, abort.clone()));
     let (claimed, claimed_rx) = mpsc::unbounded_channel();
@@ -134,12 +150,29 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     let _ = completer.await;
     let _ = keeper.await;
     let _ = promoter.await;
+    let _ = pauser.await;
     match ctx.queue.retire().await {
         Ok(n) => info!(ctx.log, "worker stopped"; "returned_to_queue" => n),
         Err(e) => {
             error!(ctx.log, "could not return held orders; the reaper will once the lease expires"; "error" => %e)
         }
     }
+}
+
+/// The host, pid and start time of this process, for the console's workers page.
+fn about_this_process(worker_id: &str) -> serde_json::Value {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let started_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    serde_json::json!({
+        "id": worker_id,
+        "host": host,
+        "pid": std::process::id(),
+        "started_at": started_at,
+    })
 }
 
 fn now_ms() -> u64 {

@@ -501,7 +501,7 @@
       data = await call("GET", "/workers");
     } catch (e) {
       showError(describe(e, "Reading /workers"), "workers");
-      if (!body.childElementCount) body.replaceChildren(emptyRow(10, e.message));
+      if (!body.childElementCount) body.replaceChildren(emptyRow(11, e.message));
       return;
     }
     clearError("workers");
@@ -535,10 +535,11 @@
             class: "num",
             text: typeof w.cpu_seconds === "number" ? `${oneDecimal.format(w.cpu_seconds)} s` : dash,
           }),
+          el("td", { class: "num", text: fmtCount(w.open_fds) }),
         ),
       ),
     );
-    if (!workers.length) body.append(emptyRow(10, "No live worker processes."));
+    if (!workers.length) body.append(emptyRow(11, "No live worker processes."));
   }
 
   // --- a paged list (orders, dead letters, scheduled retries) ----------------------------------
@@ -613,7 +614,7 @@
     $("order-id").textContent = id;
     let history;
     try {
-      history = await readHistory(id);
+      history = await call("GET", `/orders/${encodeURIComponent(id)}/history`);
     } catch (e) {
       if (e.status === 404) {
         shownOrder = null;
@@ -629,31 +630,6 @@
     clearError("order");
     shownOrder = history;
     renderOrder(history);
-  }
-
-  /** The order's history; from the order alone where the service has no history route. */
-  async function readHistory(id) {
-    const path = `/orders/${encodeURIComponent(id)}`;
-    try {
-      return await call("GET", `${path}/history`);
-    } catch (e) {
-      if (!(e.status === 404 && e.message === "no such route")) throw e;
-    }
-    const order = await call("GET", path);
-    const timeline = [
-      ["accepted", order.accepted_at],
-      ["processing", order.processing_started_at],
-      [order.status, order.completed_at],
-    ].filter(([event, at]) => at && event !== "queued");
-    return {
-      order,
-      request_id: null,
-      errors: order.last_error ? [order.last_error] : [],
-      timeline: timeline.map(([event, at]) => ({ event, at })),
-      notification: null,
-      dead_letter: false,
-      retry_due_at: null,
-    };
   }
 
   function renderOrder(history) {

@@ -709,7 +709,7 @@ async fn unknown_routes_and_unknown_or_malformed_order_ids_are_404s() {
         cases.push(case);
     };
     for path in [
-        "/",
+        "/console/x",
         "/nope",
         "/order",
         "/v1/orders",
@@ -731,7 +731,10 @@ async fn unknown_routes_and_unknown_or_malformed_order_ids_are_404s() {
         "..".to_string(),
         "x".repeat(2000),
     ] {
-        add(Method::GET, format!("/orders/{id}"), "");
+        // (The client resolves `/orders/..` to `/`, the front page: a redirect, not a 404.)
+        if id != ".." {
+            add(Method::GET, format!("/orders/{id}"), "");
+        }
         add(Method::PUT, format!("/orders/{id}/status"), cancel);
     }
     run_cases(&app, cases).await;

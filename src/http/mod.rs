@@ -13,11 +13,13 @@
 //! - `access_log.rs`: the request id on every response, the HTTP histogram, the access log
 //! - `error.rs`: [`ApiError`], its responses, [`recover`]
 //! - `openapi.rs`: the OpenAPI document served at `/openapi.json`
+//! - `console.rs`: the operator console's page, script and style sheet (`console/`)
 
 mod access_log;
 mod admin;
 mod auth;
 mod body;
+mod console;
 mod error;
 mod handlers;
 mod openapi;

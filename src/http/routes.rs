@@ -4,9 +4,10 @@
 
 use super::auth::admin;
 use super::body::json_body;
+use super::console::{self, Asset};
 use super::error::answer;
 use super::request_id::request_id;
-use super::{admin as ops, handlers, openapi, Api, MAX_BATCH_BODY, MAX_BODY};
+use super::{admin as ops, handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
 use futures_util::future;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,6 +61,10 @@ static READYZ: Route = Route::new("/readyz", &[(Method::GET, Public)]);
 static STATS: Route = Route::new("/stats", &[(Method::GET, Public)]);
 static METRICS: Route = Route::new("/metrics", &[(Method::GET, Public)]);
 static OPENAPI: Route = Route::new("/openapi.json", &[(Method::GET, Public)]);
+static FRONT_PAGE: Route = Route::new("/", &[(Method::GET, Public)]);
+static CONSOLE: Route = Route::new("/console", &[(Method::GET, Public)]);
+static CONSOLE_SCRIPT: Route = Route::new("/console/console.js", &[(Method::GET, Public)]);
+static CONSOLE_STYLE: Route = Route::new("/console/console.css", &[(Method::GET, Public)]);
 
 /// Every route of the API, in the order a path is tried against them: the first that fits is
 /// the path's route, so `/orders/batch` comes before the `/orders/{id}` that it also fits.
@@ -84,6 +89,10 @@ pub static ROUTES: &[&Route] = &[
     &STATS_HISTORY,
     &METRICS,
     &OPENAPI,
+    &FRONT_PAGE,
+    &CONSOLE,
+    &CONSOLE_SCRIPT,
+    &CONSOLE_STYLE,
 ];
 
 impl Route {
@@ -299,6 +308,7 @@ pub(super) fn router(
     let document = public(&OPENAPI, Method::GET).map(|| {
         Ok(with_header(openapi::DOCUMENT, "content-type", "application/json").into_response())
     });
+    let console = console_routes();
 
     // `POST /orders` alone is tried first, unboxed; the others sit behind one box. warp clones
     // the second half of an `or` for every request it routes, and moves every future it makes:
@@ -333,8 +343,26 @@ pub(super) fn router(
         .unify()
         .or(probes.or(document).unify())
         .unify()
+        .or(console)
+        .unify()
         .boxed();
     create.or(others).unify().and_then(answer)
+}
+
+/// The console's page, script and style sheet, and the front page that leads to it.
+fn console_routes(
+) -> impl Filter<Extract = (Result<Response, ApiError>,), Error = Rejection> + Clone {
+    let file = |route: &'static Route, asset: Asset| {
+        public(route, Method::GET).map(move || Ok(console::serve(asset)))
+    };
+    let front_page = public(&FRONT_PAGE, Method::GET).map(|| Ok(console::front_page()));
+    front_page
+        .or(file(&CONSOLE, Asset::Page))
+        .unify()
+        .or(file(&CONSOLE_SCRIPT, Asset::Script)
+            .or(file(&CONSOLE_STYLE, Asset::Style))
+            .unify())
+        .unify()
 }
 
 #[cfg(test)]
@@ -352,8 +380,9 @@ mod tests {
         assert_eq!(ORDER_STATUS.fit("/orders//status"), None);
         assert_eq!(route_of("/orders/batch"), "/orders/batch");
         assert_eq!(route_of("/orders/batch/status"), "/orders/{id}/status");
-        assert_eq!(route_of("/"), "other");
-        assert_eq!(route_of(""), "other");
+        assert_eq!(route_of("/"), "/");
+        assert_eq!(route_of("/console/"), "/console");
+        assert_eq!(route_of("/console/x"), "other");
     }
 
     #[test]

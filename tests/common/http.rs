@@ -8,10 +8,12 @@ use std::future::Future;
 use uuid::Uuid;
 
 /// The HTTP client of the tests: it drops a pooled connection after 5 s idle, before the
-/// service's own idle timeout (`http_header_timeout_ms`, 10 s) could close it under a request.
+/// service's own idle timeout (`http_header_timeout_ms`, 10 s) could close it under a request;
+/// it follows no redirect, so a test sees the service's own answer (`GET /` is a 308).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client")
 }

@@ -4,7 +4,8 @@
 //! ([`events::Events`]), log lines ([`log::Log`]), a TCP proxy that can cut a connection
 //! ([`proxy::Proxy`]); private servers to break ([`servers`]: one Redis, PostgreSQL;
 //! [`redis_servers`]: a Redis Cluster, a primary with replicas and sentinels), keyed load that
-//! retries ([`load`]) and the final count of a scenario ([`tally`]).
+//! retries ([`load`]), the final count of a scenario ([`tally`]) and a headless Chromium over
+//! WebDriver for the console ([`browser::Browser`]).
 //!
 //! Tests talk to the real Redis and PostgreSQL; each gets a database and a Redis key prefix of its
 //! own, so they run in parallel.
@@ -12,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod browser;
 pub mod certs;
 pub mod db;
 pub mod events;

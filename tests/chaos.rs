@@ -387,9 +387,9 @@ async fn poison_is_dead_lettered_and_a_duplicate_job_makes_one_row() {
     assert_eq!(notified, accepted.len() as i64);
 
     let dead: Vec<String> = redis
-        .lrange(cluster.key("dead"), 0, -1)
+        .hvals(cluster.key("dead:entries"))
         .await
-        .expect("LRANGE dead");
+        .expect("HVALS dead:entries");
     let payloads: HashSet<String> = dead
         .iter()
         .map(|d| {

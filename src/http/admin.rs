@@ -8,6 +8,7 @@ use super::{Api, ApiError, Body};
 use crate::order::{Job, Status};
 use crate::queue::{DeadLetter, DeadLetterFilter};
 use serde::Deserialize;
+use serde_json::Value;
 use slog::info;
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
@@ -173,13 +174,24 @@ pub async fn retry_dead_letters(body: Body, api: Arc<Api>) -> Result<Response, A
         filter: Option<DeadLetterFilter>,
         cursor: Option<String>,
     }
-    let bulk: Bulk = crate::order::from_json_object(&body)?;
+    let raw: serde_json::Map<String, Value> = crate::order::from_json_object(&body)?;
+    if let Some((field, _)) = raw.iter().find(|(_, v)| v.is_null()) {
+        return Err(invalid(field, format!("{field} must not be null")));
+    }
+    if raw.get("filter").is_some_and(|f| !f.is_object()) {
+        return Err(invalid("filter", "filter must be an object"));
+    }
+    let bulk: Bulk =
+        serde_json::from_value(Value::Object(raw)).map_err(|e| ApiError::InvalidBody {
+            message: format!("invalid body: {e}"),
+            field: None,
+        })?;
     let (letters, next) = match (bulk.ids, bulk.filter) {
         (Some(ids), None) => {
-            if ids.is_empty() || ids.len() > MAX_BULK || bulk.cursor.is_some() {
+            if ids.is_empty() || ids.len() > MAX_BULK {
                 return Err(invalid(
                     "ids",
-                    format!("ids holds 1 to {MAX_BULK} dead-letter ids, without a cursor"),
+                    format!("ids holds 1 to {MAX_BULK} dead-letter ids"),
                 ));
             }
             let mut valid: Vec<String> = ids

@@ -20,7 +20,7 @@ static PURGE: Lua = Lua::new(include_str!("purge_dead_letters.lua"));
 
 /// Dead letters one filtered page looks at, at most: a filter that matches little answers a
 /// short page with a cursor rather than walking the whole index in one call.
-pub const DEAD_LETTER_SCAN: usize = 5_000;
+pub const DEAD_LETTER_SCAN: usize = 2_000;
 
 /// Index entries read per script call.
 const SCAN_CHUNK: usize = 500;

@@ -42,8 +42,8 @@ impl Store {
                         percentile_cont(0.95) WITHIN GROUP (ORDER BY e),
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY e)
                  FROM (
-                    SELECT extract(epoch FROM completed_at - processing_started_at)::float8 * 1000 AS p,
-                           extract(epoch FROM completed_at - accepted_at)::float8 * 1000 AS e
+                    SELECT date_part('epoch', completed_at - processing_started_at) * 1000 AS p,
+                           date_part('epoch', completed_at - accepted_at) * 1000 AS e
                     FROM orders WHERE status = 'completed'
                     ORDER BY completed_at DESC LIMIT $1
                  ) recent",

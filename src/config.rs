@@ -49,6 +49,8 @@ pub struct Config {
     pub lease_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub notifier_catch_up_ms: u64,
+    pub notifier_claim_idle_ms: u64,
+    pub event_stream_maxlen: u64,
     pub log_format: LogFormat,
     pub log_level: String,
 }
@@ -202,6 +204,10 @@ impl Config {
             ),
             ("admin_auth_window_ms", self.admin_auth_window_ms as usize),
             ("admin_auth_max_clients", self.admin_auth_max_clients),
+            (
+                "notifier_claim_idle_ms",
+                self.notifier_claim_idle_ms as usize,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -227,6 +233,13 @@ impl Config {
                 "http_body_budget_bytes must be at least {least} (the largest body accepted is \
                  half that, and batches have three quarters of the budget)"
             )));
+        }
+        if self.event_stream_maxlen < 1000 {
+            return Err(ConfigError::Invalid(
+                "ORDERS_EVENT_STREAM_MAXLEN (event_stream_maxlen) must be at least 1000: the \
+                 stream is how consumers catch up, and the notifier reads it"
+                    .into(),
+            ));
         }
         if !(1024..=1024 * 1024).contains(&self.http_max_header_bytes) {
             return Err(ConfigError::Invalid(

@@ -1,21 +1,21 @@
-//! Order events on Redis pub/sub, and the notifier that turns `order.completed` into customer
-//! notifications, once per order.
+//! Order events (published on Redis channels and appended to the event stream), and the
+//! notifier that reads the stream as a consumer group and notifies each customer once.
 
 use crate::backoff::Backoff;
 use crate::order::{Job, Money, Status};
-use crate::queue::Queue;
+use crate::queue::{Queue, StreamEvent};
 use crate::store::Store;
 use crate::{RoleStatus, Shutdown};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// What is published when an order reaches a final status.
+/// What is published when an order reaches a final status (and appended to the event stream).
+/// Its `event_id` is a function of the order and the status, so the event sent again after a
+/// redelivery is recognisable as the same one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub event_id: Uuid,
@@ -37,7 +37,7 @@ impl Event {
     /// The event of `job` reaching `status`.
     pub fn new(job: &Job, status: Status, completed_at: Option<OffsetDateTime>) -> Event {
         Event {
-            event_id: Uuid::now_v7(),
+            event_id: event_id(job.order_id, status),
             order_id: job.order_id,
             customer_id: job.customer_id.clone(),
             status,
@@ -52,7 +52,7 @@ impl Event {
     /// The event of an order as stored (its current status).
     pub fn of_order(order: &crate::store::OrderView, request_id: &str) -> Event {
         Event {
-            event_id: Uuid::now_v7(),
+            event_id: event_id(order.order_id, order.status),
             order_id: order.order_id,
             customer_id: order.customer_id.clone(),
             status: order.status,
@@ -70,6 +70,12 @@ impl Event {
     }
 }
 
+/// The id of the event of `order_id` reaching `status`: a name-based UUID (version 5) in the
+/// order's own namespace, the same however often the event is sent.
+pub fn event_id(order_id: Uuid, status: Status) -> Uuid {
+    Uuid::new_v5(&order_id, status.as_str().as_bytes())
+}
+
 /// The line a customer notification writes (the stand-in for sending an email). A customer id
 /// that could pass for more fields of a term log line (a comma, a colon, a quote) is quoted;
 /// control and invisible characters never get this far (order validation refuses them).
@@ -81,119 +87,179 @@ pub fn notification_line(customer_id: &str, order_id: Uuid) -> String {
     }
 }
 
-/// Notifications recorded per transaction, at the most.
+/// Events the notifier reads per group read (and so notifications recorded per transaction), at
+/// the most.
 const NOTIFY_BATCH: usize = 512;
-/// How long the notifier lets events gather before it records a batch. Notifications are off
-/// the order's path (its event is already out), so a few milliseconds cost a customer nothing
-/// and save PostgreSQL a transaction per handful of orders (three statements each).
-const NOTIFY_LINGER: Duration = Duration::from_millis(20);
+/// How long one group read waits for an event on the server; between reads the notifier takes
+/// over what dead members left and checks for shutdown.
+const READ_BLOCK_MS: u64 = 1000;
+/// The notifier's consumer group on the event stream.
+pub const NOTIFIER_GROUP: &str = "notifier";
 
-/// A subscription that lasts this long (or brings a message) counts as working: only then does
-/// the backoff start again from its shortest wait. One that ends sooner (refused channel
-/// permission, a server that drops it) is retried after ever longer waits.
-const SUBSCRIPTION_LASTED: Duration = Duration::from_secs(10);
-
-/// The notifier role: subscribes to the completion channel and notifies each customer once.
-/// When the subscription drops (Redis restarted, a failover) it resubscribes with backoff, and
-/// every `catch_up` it notifies completed orders whose event it missed. `status.notifier` is
-/// true only while it is subscribed.
-#[allow(clippy::too_many_arguments)]
+/// The notifier role: reads the event stream as a member of the consumer group `notifier` and
+/// notifies each customer of a completed order once. What it read is acknowledged (`XACK`) only
+/// after the notifications are recorded; what a member read and never acknowledged (it died,
+/// or PostgreSQL refused the batch) is taken over by a member after `claim_idle`. A notifier
+/// that was down reads on where the group left off, so it misses nothing the stream still
+/// holds. Every `catch_up` it also notifies completed orders whose notification has been due in
+/// PostgreSQL for that long: the event of one that Redis lost (a restart that lost its last
+/// second, a failover) is in no stream. `status.notifier` is true while its reads work.
 pub async fn run_notifier(
     queue: Queue,
-    channel: String,
     store: Store,
     catch_up: Duration,
+    claim_idle: Duration,
     status: Arc<RoleStatus>,
     shutdown: Shutdown,
     log: Logger,
 ) {
-    let log = log.new(slog::o!("role" => "notifier"));
-    // Events go through a channel to one sender, which records them a batch per transaction.
-    let (events, received) = mpsc::unbounded_channel();
-    let sender = tokio::spawn(send_notifications(store.clone(), received, log.clone()));
+    let consumer = format!(
+        "{}-{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let log = log.new(slog::o!("role" => "notifier", "consumer" => consumer.clone()));
     let mut pacing = Resubscriptions::new();
+    let claim_idle_ms = claim_idle.as_millis() as u64;
+    let (mut last_claim, mut last_catch_up) = (Instant::now(), Instant::now());
     while !shutdown.is_cancelled() {
-        let mut pubsub = match queue.subscriber().await {
-            Ok(p) => p,
+        let connected = async {
+            queue.ensure_event_group(NOTIFIER_GROUP).await?;
+            queue.stream_connection().await
+        };
+        let mut conn = match connected.await {
+            Ok(conn) => conn,
             Err(e) => {
                 let failures = pacing.failed();
-                warn!(log, "cannot reach Redis for the subscription, retrying"; "error" => %e, "failures" => failures);
+                warn!(log, "cannot read the event stream, retrying"; "error" => %e, "failures" => failures);
                 pacing.wait(&shutdown).await;
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
-            let failures = pacing.failed();
-            warn!(log, "subscribe failed, retrying"; "error" => %e, "failures" => failures);
-            pacing.wait(&shutdown).await;
-            continue;
-        }
-        let subscribed = crate::RoleGuard::mark(&status.notifier);
-        info!(log, "subscribed"; "channel" => &channel, "after_failures" => pacing.failures);
-        let since = tokio::time::Instant::now();
-        let mut lasted = false;
-        let mut messages = pubsub.on_message();
-        let mut tick = tokio::time::interval(catch_up);
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else { break };
-                    lasted = true;
-                    match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
-                        Ok(event) if event.status == Status::Completed => {
-                            let _ = events.send(event.order_id);
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(log, "ignoring a message that is not an order event"; "error" => %e),
+        // Ready once a read worked (a refused read fails at once, again and again).
+        let mut reading = None;
+        let failure = loop {
+            if shutdown.is_cancelled() {
+                break None;
+            }
+            let read = queue
+                .read_event_group(
+                    &mut conn,
+                    NOTIFIER_GROUP,
+                    &consumer,
+                    NOTIFY_BATCH,
+                    READ_BLOCK_MS,
+                )
+                .await;
+            match read {
+                Ok(events) => {
+                    if reading.is_none() {
+                        reading = Some(crate::RoleGuard::mark(&status.notifier));
+                        info!(log, "reading the event stream"; "group" => NOTIFIER_GROUP, "after_failures" => pacing.lasted());
                     }
+                    notify(&queue, &store, events, &log).await;
                 }
-                _ = tick.tick() => match store.missed_notifications(catch_up, 1000).await {
-                    Ok(missed) => {
-                        if !missed.is_empty() {
-                            info!(log, "catching up missed notifications"; "count" => missed.len());
-                        }
-                        for order_id in missed {
-                            let _ = events.send(order_id);
-                        }
+                Err(e) => break Some(e),
+            }
+            if last_claim.elapsed() >= claim_idle / 2 {
+                last_claim = Instant::now();
+                match queue
+                    .claim_idle_events(NOTIFIER_GROUP, &consumer, claim_idle_ms, NOTIFY_BATCH)
+                    .await
+                {
+                    Ok(events) if !events.is_empty() => {
+                        info!(log, "took over events another member left unacknowledged"; "count" => events.len());
+                        notify(&queue, &store, events, &log).await;
                     }
-                    Err(e) => warn!(log, "catch-up query failed"; "error" => %e),
-                },
-                _ = shutdown.cancelled() => break,
+                    Ok(_) => {}
+                    Err(e) => break Some(e),
+                }
             }
-            if !lasted && since.elapsed() >= SUBSCRIPTION_LASTED {
-                lasted = true;
+            if last_catch_up.elapsed() >= catch_up {
+                last_catch_up = Instant::now();
+                catch_up_from_store(&store, catch_up, &log).await;
             }
-            if lasted && pacing.failures > 0 {
-                pacing.lasted();
-            }
-        }
-        drop(subscribed);
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if lasted {
-            pacing.lasted();
-            warn!(log, "subscription ended (Redis restarted?), resubscribing");
-        } else {
+        };
+        drop(reading);
+        if let Some(e) = failure {
+            conn.discard();
             let failures = pacing.failed();
-            warn!(log, "subscription ended at once (no permission for the channel?), retrying";
-                "channel" => &channel, "failures" => failures);
+            warn!(log, "event stream read failed, reconnecting"; "error" => %e, "failures" => failures);
             pacing.wait(&shutdown).await;
         }
     }
-    // Let the notifications received so far be sent.
-    drop(events);
-    let _ = sender.await;
     info!(log, "notifier stopped");
 }
 
-/// How the notifier paces its subscription attempts: after each failure (no connection, a
-/// refused `SUBSCRIBE`, a subscription that ended before it lasted) a longer wait, from 100 ms
-/// up to 5 s; the shortest again only once a subscription lasted. Each failure logs one line, so
-/// a subscription refused forever logs a line per backoff step, not thousands a second.
+/// Notifies the customers of the completed orders among `events`, then acknowledges them all.
+/// A batch PostgreSQL refuses stays unacknowledged, to be taken over after the idle time.
+async fn notify(queue: &Queue, store: &Store, events: Vec<StreamEvent>, log: &Logger) {
+    if events.is_empty() {
+        return;
+    }
+    let mut completed = Vec::with_capacity(events.len());
+    for entry in &events {
+        match serde_json::from_slice::<Event>(&entry.event) {
+            Ok(event) if event.status == Status::Completed => completed.push(event.order_id),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(log, "ignoring a stream entry that is not an order event"; "id" => &entry.id, "error" => %e)
+            }
+        }
+    }
+    if !completed.is_empty() {
+        let sent = store
+            .notify_once(&completed, |order_id, customer_id| {
+                info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
+            })
+            .await;
+        match sent {
+            Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
+            Err(e) => {
+                warn!(log, "notifications not recorded; they stay pending in the group and are retried"; "count" => completed.len(), "error" => %e);
+                return;
+            }
+        }
+    }
+    let ids: Vec<String> = events.into_iter().map(|e| e.id).collect();
+    if let Err(e) = queue.ack_events(NOTIFIER_GROUP, &ids).await {
+        // Taken over later and found already notified: nothing is sent twice.
+        warn!(log, "events not acknowledged; they will be read again"; "count" => ids.len(), "error" => %e);
+    }
+}
+
+/// Notifies completed orders whose notification has been due for longer than `grace`: their
+/// event is in no stream (Redis lost it).
+async fn catch_up_from_store(store: &Store, grace: Duration, log: &Logger) {
+    let missed = match store.missed_notifications(grace, 1000).await {
+        Ok(missed) => missed,
+        Err(e) => {
+            warn!(log, "catch-up query failed"; "error" => %e);
+            return;
+        }
+    };
+    if missed.is_empty() {
+        return;
+    }
+    info!(log, "catching up notifications whose event Redis lost"; "count" => missed.len());
+    match store
+        .notify_once(&missed, |order_id, customer_id| {
+            info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
+        })
+        .await
+    {
+        Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
+        Err(e) => warn!(log, "catch-up notifications not recorded"; "error" => %e),
+    }
+}
+
+/// How the notifier paces its reconnections: after each failure (no connection, a refused
+/// command, a read that failed) a longer wait, from 100 ms up to 5 s; the shortest again only
+/// once reading worked. Each failure logs one line, so a read refused forever logs a line per
+/// backoff step, not thousands a second.
 struct Resubscriptions {
     backoff: Backoff,
-    /// Failures since the last subscription that lasted.
+    /// Failures since reading last worked.
     failures: u64,
 }
 
@@ -205,7 +271,7 @@ impl Resubscriptions {
         }
     }
 
-    /// One more failure; how many since the last subscription that lasted.
+    /// One more failure; how many since reading last worked.
     fn failed(&mut self) -> u64 {
         self.failures += 1;
         self.failures
@@ -216,44 +282,11 @@ impl Resubscriptions {
         self.backoff.wait(shutdown).await;
     }
 
-    /// A subscription lasted: the next failure waits the shortest again. How many failures
-    /// came before it.
+    /// Reading works: the next failure waits the shortest again. How many failures came
+    /// before it.
     fn lasted(&mut self) -> u64 {
         self.backoff.reset();
         std::mem::take(&mut self.failures)
-    }
-}
-
-/// Records and sends notifications for the order ids received, a batch per transaction. A
-/// batch that fails is left to the catch-up, which finds its orders still unnotified.
-async fn send_notifications(
-    store: Store,
-    mut received: mpsc::UnboundedReceiver<Uuid>,
-    log: Logger,
-) {
-    let mut batch = Vec::with_capacity(NOTIFY_BATCH);
-    while received.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
-        if batch.len() < NOTIFY_BATCH {
-            tokio::time::sleep(NOTIFY_LINGER).await;
-            while batch.len() < NOTIFY_BATCH {
-                match received.try_recv() {
-                    Ok(order_id) => batch.push(order_id),
-                    Err(_) => break,
-                }
-            }
-        }
-        let sent = store
-            .notify_once(&batch, |order_id, customer_id| {
-                info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
-            })
-            .await;
-        match sent {
-            Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
-            Err(e) => {
-                warn!(log, "notifications not recorded; the catch-up will retry them"; "count" => batch.len(), "error" => %e)
-            }
-        }
-        batch.clear();
     }
 }
 
@@ -264,7 +297,7 @@ mod tests {
     /// The notifier once logged 61,281 lines in 10 s when every subscription was refused: it
     /// reset its backoff on each attempt.
     #[test]
-    fn a_subscription_refused_again_and_again_is_retried_ever_more_slowly() {
+    fn a_read_refused_again_and_again_is_retried_ever_more_slowly() {
         let mut pacing = Resubscriptions::new();
         let (mut waited, mut attempts) = (Duration::ZERO, 0);
         while waited < Duration::from_secs(10) {

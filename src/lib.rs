@@ -76,7 +76,7 @@ impl Roles {
 pub struct RoleStatus {
     pub configured: std::sync::OnceLock<Roles>,
     pub worker: std::sync::atomic::AtomicBool,
-    /// The notifier is subscribed to the completion channel right now (not merely running).
+    /// The notifier reads the event stream right now (not merely running).
     pub notifier: std::sync::atomic::AtomicBool,
 }
 
@@ -243,9 +243,9 @@ pub async fn start(
     if roles.notifier {
         let notifier = events::run_notifier(
             queue.clone(),
-            config.event_channel.clone(),
             store.clone(),
             std::time::Duration::from_millis(config.notifier_catch_up_ms),
+            std::time::Duration::from_millis(config.notifier_claim_idle_ms),
             status.clone(),
             shutdown.clone(),
             log.clone(),

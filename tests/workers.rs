@@ -25,7 +25,7 @@ async fn claiming_waiting_orders_takes_the_oldest_first() {
     let queue = orders::queue::Queue::connect(&config)
         .await
         .unwrap()
-        .for_worker("w", "unused", "unused");
+        .for_worker("w");
     let client = redis::Client::open(common::redis_url()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let (queue_key, processing) = (

@@ -369,7 +369,7 @@ pub async fn set_status(
                 return Err(ApiError::NotFound(format!("no order {order_id}")));
             };
             let event = Event::of_order(&order, &request_id).to_json();
-            if let Err(e) = api.queue.publish(&api.cancelled_channel, &event).await {
+            if let Err(e) = api.queue.publish_event(Status::Cancelled, &event).await {
                 warn!(api.log, "cancellation not published"; "channel" => &api.cancelled_channel, "order_id" => %order_id, "error" => %e);
             }
             Ok(with_header(json(&order), super::REQUEST_ID, request_id).into_response())

@@ -233,8 +233,9 @@ impl Deployment {
                     blocking_config(),
                 )
                 .map_err(unreachable)?;
+                // One per fetch loop, the notifier's group reads and the live-event reader.
                 let blocking = deadpool_redis::Pool::builder(manager)
-                    .max_size(config.fetch_loops)
+                    .max_size(config.fetch_loops + 2)
                     .runtime(deadpool_redis::Runtime::Tokio1)
                     .create_timeout(Some(CONNECT_TIMEOUT))
                     .wait_timeout(Some(CONNECT_TIMEOUT))

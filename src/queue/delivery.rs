@@ -4,6 +4,7 @@
 
 use super::script::Lua;
 use super::{BlockingConnection, Queue, QueueError};
+use crate::order::Status;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -11,6 +12,7 @@ static CLAIM_WAITING: Lua = Lua::new(include_str!("claim_waiting.lua"));
 static REQUEUE: Lua = Lua::new(include_str!("requeue.lua"));
 static PUBLISH_AND_ACKNOWLEDGE: Lua = Lua::new(include_str!("publish_and_acknowledge.lua"));
 static DEAD_LETTER_AND_PUBLISH: Lua = Lua::new(include_str!("dead_letter_and_publish.lua"));
+static PUBLISH_EVENT: Lua = Lua::new(include_str!("publish_event.lua"));
 
 /// How long one blocking pop waits on the server before the fetch loop checks for shutdown.
 const CLAIM_BLOCK_SECONDS: f64 = 1.0;
@@ -50,43 +52,50 @@ impl redis::FromRedisValue for ClaimReply {
 pub struct Ack<'a> {
     pub payload: &'a [u8],
     pub order_id: Uuid,
-    pub event: Option<String>,
+    pub event: Option<FinalEvent>,
     /// Another delivery of the order is still in flight (this one was taken over, or was a
     /// second copy in one batch): its pending entry is that delivery's, and stays.
     pub keep_pending: bool,
 }
 
+/// The event of an order's final status, to publish on that status's channel and append to the
+/// event stream.
+pub struct FinalEvent {
+    pub status: Status,
+    pub json: String,
+    /// Whether this delivery made the order final (a completion it counts), rather than found
+    /// it final and sends its event again.
+    pub first: bool,
+}
+
 /// The queue as one worker process uses it: bound to its id (and so its processing list and
-/// lease) and to the channels its completion and failure events go to.
+/// lease).
 pub struct WorkerQueue {
     pub(super) queue: Queue,
     pub(super) worker_id: String,
     pub(super) processing: String,
-    completed_channel: String,
-    failed_channel: String,
 }
 
 impl Queue {
-    /// The handle of worker process `worker_id`, publishing completions on `completed_channel`
-    /// and failures on `failed_channel`.
-    pub fn for_worker(
-        &self,
-        worker_id: &str,
-        completed_channel: &str,
-        failed_channel: &str,
-    ) -> WorkerQueue {
+    /// The handle of worker process `worker_id`.
+    pub fn for_worker(&self, worker_id: &str) -> WorkerQueue {
         WorkerQueue {
             queue: self.clone(),
             worker_id: worker_id.to_string(),
             processing: self.keys.processing(worker_id),
-            completed_channel: completed_channel.to_string(),
-            failed_channel: failed_channel.to_string(),
         }
     }
 
-    /// Publishes an event with no queue change (a cancellation from the API).
-    pub async fn publish(&self, channel: &str, message: &str) -> Result<(), QueueError> {
-        self.conn().publish::<_, _, ()>(channel, message).await?;
+    /// Publishes an event with no queue change (a cancellation from the API) on its status's
+    /// channel and appends it to the event stream, in one script.
+    pub async fn publish_event(&self, status: Status, event: &str) -> Result<(), QueueError> {
+        PUBLISH_EVENT
+            .call(&[self.keys.events()])
+            .arg(self.channels.of(status))
+            .arg(event)
+            .arg(self.event_stream_maxlen)
+            .run::<i64>(&mut self.conn())
+            .await?;
         Ok(())
     }
 }
@@ -190,8 +199,9 @@ impl WorkerQueue {
         Ok(call.run(&mut self.queue.conn()).await?)
     }
 
-    /// Publishes the event of each order that has one, drops the orders from the processing list
-    /// and the pending hash, and counts the completions, in one atomic round trip. `ack_id` names
+    /// Publishes the event of each order that has one on its status's channel and appends it to
+    /// the event stream, drops the orders from the processing list and the pending hash, and
+    /// counts the completions, in one atomic round trip. `ack_id` names
     /// this acknowledgement: retried after a lost reply (Redis restarted), it does nothing the
     /// second time, so no event goes out twice. The id is remembered for 120 s. A refused
     /// publish (no permission on the channel) changes nothing, so the retry does the whole thing.
@@ -203,17 +213,31 @@ impl WorkerQueue {
         let keys = &self.queue.keys;
         // Completions per second, for "completed in the last minute" without a table scan.
         let (counter, marker) = (keys.completed(unix_second()), keys.ack(ack_id));
-        let mut call =
-            PUBLISH_AND_ACKNOWLEDGE.call(&[&self.processing, keys.pending(), &counter, &marker]);
-        call.arg(&self.completed_channel);
+        let mut call = PUBLISH_AND_ACKNOWLEDGE.call(&[
+            &self.processing,
+            keys.pending(),
+            &counter,
+            &marker,
+            keys.events(),
+        ]);
+        call.arg(self.queue.event_stream_maxlen);
         for ack in acks {
             let pending_id = match ack.keep_pending {
                 true => String::new(),
                 false => ack.order_id.to_string(),
             };
-            call.arg(ack.payload)
-                .arg(pending_id)
-                .arg(ack.event.as_deref().unwrap_or(""));
+            call.arg(ack.payload).arg(pending_id);
+            match &ack.event {
+                Some(event) => call
+                    .arg(self.queue.channels.of(event.status))
+                    .arg(&event.json)
+                    .arg(if event.first && event.status == Status::Completed {
+                        "1"
+                    } else {
+                        ""
+                    }),
+                None => call.arg("").arg("").arg(""),
+            };
         }
         call.run::<i64>(&mut self.queue.conn()).await?;
         Ok(())
@@ -240,14 +264,16 @@ impl WorkerQueue {
                 keys.dead_index(),
                 keys.pending(),
                 &counter,
+                keys.events(),
             ])
-            .arg(&self.failed_channel)
+            .arg(self.queue.channels.of(Status::Failed))
             .arg(failed_event.unwrap_or(""))
             .arg(&letter.id)
             .arg(letter.to_stored())
             .arg(&letter.key)
             .arg(payload)
             .arg(order_id)
+            .arg(self.queue.event_stream_maxlen)
             .run::<i64>(&mut self.queue.conn())
             .await?;
         Ok(())

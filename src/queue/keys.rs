@@ -17,7 +17,9 @@
 //! - `failed:<unix second>`: dead letters in that second, beside `completed:<second>`;
 //! - `completed:<unix second>`: completions in that second (kept 11 minutes), for "completed in
 //!   the last minute" and the console's chart;
-//! - `ack:<id>`: the marker of one acknowledgement, so a retried one does nothing twice.
+//! - `ack:<id>`: the marker of one acknowledgement, so a retried one does nothing twice;
+//! - `events`: the stream of final-status events (completed, failed, cancelled), trimmed to
+//!   `event_stream_maxlen`; the notifier reads it as the consumer group `notifier`.
 
 /// The key names under one prefix.
 #[derive(Debug, Clone)]
@@ -31,6 +33,7 @@ pub struct Keys {
     paused: String,
     workers: String,
     scheduled: String,
+    events: String,
 }
 
 impl Keys {
@@ -46,6 +49,7 @@ impl Keys {
             paused: format!("{tag}paused"),
             workers: format!("{tag}workers"),
             scheduled: format!("{tag}scheduled"),
+            events: format!("{tag}events"),
             tag,
         }
     }
@@ -78,6 +82,11 @@ impl Keys {
     /// The sorted set that orders the dead letters, newest last.
     pub fn dead_index(&self) -> &str {
         &self.dead_index
+    }
+
+    /// The stream of final-status events.
+    pub fn events(&self) -> &str {
+        &self.events
     }
 
     /// The marker of paused claiming.

@@ -17,16 +17,18 @@ mod probe;
 mod repair;
 mod retry;
 mod script;
+mod stream;
 
 pub use admin::{
     History, OrderTraces, QueueGauges, Removal, ScheduledPage, WorkerState, HISTORY_SECONDS,
 };
 pub use connection::{BlockingConnection, Connection};
 pub use dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterPage, DEAD_LETTER_SCAN};
-pub use delivery::{Ack, Claim, WorkerQueue};
+pub use delivery::{Ack, Claim, FinalEvent, WorkerQueue};
 pub use ingest::{Enqueued, Replay, IDEMPOTENCY_TTL_SECONDS};
 pub use keys::Keys;
 pub use probe::{Probe, ProbeError};
+pub use stream::StreamEvent;
 
 use crate::config::Config;
 use connection::Deployment;
@@ -87,6 +89,29 @@ pub struct Queue {
     /// is processed: an order answered 503 `not_replicated` and then lost with its primary is
     /// never processed either, so the client's retry does not make it a second order.
     replication: ingest::Replication,
+    /// Where each final status is published.
+    channels: Arc<Channels>,
+    /// The event stream's approximate length limit (`event_stream_maxlen`).
+    event_stream_maxlen: u64,
+}
+
+/// The channels final-status events are published on, by status.
+struct Channels {
+    completed: String,
+    failed: String,
+    cancelled: String,
+}
+
+impl Channels {
+    /// The channel of `status` (the completed one for a status that is not final).
+    fn of(&self, status: crate::order::Status) -> &str {
+        use crate::order::Status;
+        match status {
+            Status::Failed => &self.failed,
+            Status::Cancelled => &self.cancelled,
+            _ => &self.completed,
+        }
+    }
 }
 
 impl Queue {
@@ -107,6 +132,12 @@ impl Queue {
         );
         Ok(Queue {
             replication,
+            channels: Arc::new(Channels {
+                completed: config.event_channel.clone(),
+                failed: config.failed_channel.clone(),
+                cancelled: config.cancelled_channel.clone(),
+            }),
+            event_stream_maxlen: config.event_stream_maxlen,
             conn,
             deployment: Arc::new(deployment),
             enqueuer,

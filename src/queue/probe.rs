@@ -110,6 +110,7 @@ impl Probe {
         let (dead_entries, dead_index, paused) =
             (keys.dead_entries(), keys.dead_index(), keys.paused());
         let (failed, worker_info) = (keys.failed(0), keys.worker_info("probe"));
+        let events = keys.events();
         let mut probe = Probe {
             key: key.clone(),
             key_pattern: format!("~{}*", keys.tag()),
@@ -172,6 +173,14 @@ impl Probe {
             probe.key_check(&["ZCARD", scheduled]);
             probe.command(&["TIME"]);
             probe.channel_check("PUBLISH", &config.cancelled_channel);
+            // publish_event.lua (cancellations), and the live events' reads.
+            probe.key_check(&["XADD", events, "MAXLEN", "~", "1000", "*", "event", "x"]);
+            probe.key_check(&["XRANGE", events, "-", "+", "COUNT", "1"]);
+            probe.stream_check(
+                &["XREAD", "COUNT", "1", "STREAMS", events, "$"],
+                "+xread",
+                4,
+            );
         }
         if roles.worker {
             // Claims, acknowledgement, retries, dead letters, leases, the reaper, repair.
@@ -220,9 +229,41 @@ impl Probe {
             probe.command(&["SCAN", "0", "MATCH", &pattern]);
             probe.channel_check("PUBLISH", &config.event_channel);
             probe.channel_check("PUBLISH", &config.failed_channel);
+            probe.key_check(&["XADD", events, "MAXLEN", "~", "1000", "*", "event", "x"]);
         }
         if roles.notifier {
-            probe.channel_check("SUBSCRIBE", &config.event_channel);
+            // The consumer group (stream.rs) and the catch-up of what dead members left.
+            let group = crate::events::NOTIFIER_GROUP;
+            probe.stream_check(
+                &["XGROUP", "CREATE", events, group, "0", "MKSTREAM"],
+                "+xgroup|create",
+                2,
+            );
+            probe.stream_check(
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    group,
+                    "probe",
+                    "STREAMS",
+                    events,
+                    ">",
+                ],
+                "+xreadgroup",
+                5,
+            );
+            probe.key_check(&["XACK", events, group, "0-1"]);
+            probe.key_check(&["XAUTOCLAIM", events, group, "probe", "1", "0-0"]);
+            probe.stream_check(
+                &["XINFO", "CONSUMERS", events, group],
+                "+xinfo|consumers",
+                2,
+            );
+            probe.stream_check(
+                &["XGROUP", "DELCONSUMER", events, group, "probe"],
+                "+xgroup|delconsumer",
+                2,
+            );
         }
         if (roles.api || roles.worker) && config.redis_min_replicas > 0 {
             // After each enqueue, and after each claim.
@@ -272,19 +313,29 @@ impl Probe {
         self.push(words, what, rules);
     }
 
-    /// PUBLISH or SUBSCRIBE on a channel.
+    /// A command on the event stream: `rule` allows the command (`+xgroup|create`), and `key`
+    /// is where in `words` the stream is named.
+    fn stream_check(&mut self, words: &[&str], rule: &str, key: usize) {
+        let name = rule
+            .trim_start_matches('+')
+            .replace('|', " ")
+            .to_uppercase();
+        let what = format!("{name} on key {}", words[key]);
+        self.push(
+            words,
+            what,
+            vec![rule.to_string(), self.key_pattern.clone()],
+        );
+    }
+
+    /// PUBLISH on a channel.
     fn channel_check(&mut self, command: &str, channel: &str) {
         let what = format!("{command} on channel {channel}");
         let rules = vec![
             format!("+{}", command.to_lowercase()),
             format!("&{channel}"),
         ];
-        let words: &[&str] = if command == "PUBLISH" {
-            &[command, channel, "x"]
-        } else {
-            &[command, channel]
-        };
-        self.push(words, what, rules);
+        self.push(&[command, channel, "x"], what, rules);
     }
 }
 
@@ -341,7 +392,8 @@ mod tests {
         }
         let names: Vec<&str> = probe.checks.iter().map(|c| c.what.as_str()).collect();
         assert!(names.contains(&"PUBLISH on channel order.completed"));
-        assert!(names.contains(&"SUBSCRIBE on channel order.completed"));
+        assert!(names.contains(&"XREADGROUP on key {orders}:events"));
+        assert!(names.contains(&"XGROUP CREATE on key {orders}:events"));
         assert!(names.contains(&"PUBLISH on channel order.cancelled"));
     }
 }

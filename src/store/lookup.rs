@@ -123,6 +123,30 @@ impl Cursor {
 }
 
 impl Store {
+    /// Which of these orders are final (completed, failed or cancelled), with the status and,
+    /// for a completed one, when: a redelivery that finds its order final sends its event again.
+    pub async fn final_statuses(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, Status, Option<OffsetDateTime>)>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT order_id, status, completed_at FROM orders
+                 WHERE order_id = ANY($1::uuid[])
+                   AND status IN ('completed', 'failed', 'cancelled')",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&ids]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let status = Status::parse(r.get(1))?;
+                Some((r.get(0), status, r.get(2)))
+            })
+            .collect())
+    }
+
     /// One order with its items.
     pub async fn get(&self, order_id: Uuid) -> Result<Option<OrderView>, StoreError> {
         let client = self.pool.get().await?;

@@ -68,7 +68,7 @@ pub async fn run(config: &Config, queue: Queue, store: Store, shutdown: Shutdown
     let worker_id = uuid::Uuid::new_v4().simple().to_string();
     let log = log.new(slog::o!("role" => "worker", "worker" => worker_id.clone()));
     let ctx = Arc::new(Ctx {
-        queue: queue.for_worker(&worker_id, &config.event_channel, &config.failed_channel),
+        queue: queue.for_worker(&worker_id),
         store,
         delay: config.processing_delay_ms,
         max_attempts: config.max_attempts,

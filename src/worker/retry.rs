@@ -2,15 +2,14 @@
 //! failed and dead-lettered, a payload that can never be an order is dead-lettered at once; and
 //! the loop that promotes the retries that are due.
 
-use super::steps::publish_and_acknowledge;
+use super::steps::send_final_events_again;
 use super::{now_ms, until_done, Ctx};
 use crate::backoff::{retry_delay, Backoff};
 use crate::events::Event;
 use crate::order::{Job, Status};
-use crate::queue::Ack;
 use crate::stats;
 use crate::Shutdown;
-use slog::{debug, error, info, warn};
+use slog::{debug, error, warn};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,14 +73,7 @@ async fn give_up(ctx: &Ctx, job: &Job, payload: &[u8]) {
     match ctx.store.fail(job, reason).await {
         Ok(true) => {}
         Ok(false) => {
-            info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %order_id);
-            let ack = [Ack {
-                payload,
-                order_id,
-                event: None,
-                keep_pending: false,
-            }];
-            publish_and_acknowledge(ctx, &ack).await;
+            send_final_events_again(ctx, &[(job, payload)]).await;
             return;
         }
         Err(e) => {

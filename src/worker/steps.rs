@@ -15,11 +15,11 @@ use super::retry::{dead_letter_poison, retry_later};
 use super::{until_done, Ctx, BATCH};
 use crate::events::Event;
 use crate::order::{Job, Status};
-use crate::queue::Ack;
+use crate::queue::{Ack, FinalEvent};
 use crate::stats;
 use crate::store::Completion;
 use crate::Shutdown;
-use slog::info;
+use slog::{info, warn};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ async fn start_batch(
         match Job::parse(&claimed.payload) {
             Err(e) => dead_letter_poison(ctx, &claimed.payload, e.to_string()).await,
             // The same order twice in one batch (pushed twice): the copy is dropped.
-            Ok(job) if !seen.insert(job.order_id) => drop_now.push((job.order_id, claimed, true)),
+            Ok(job) if !seen.insert(job.order_id) => drop_now.push((job.order_id, claimed)),
             Ok(job) => jobs.push((job, claimed)),
         }
     }
@@ -102,10 +102,10 @@ async fn start_batch(
                 return;
             }
         };
+        let mut found_final = Vec::new();
         for (job, claimed) in jobs {
             let Some(&attempt) = attempts.get(&job.order_id) else {
-                info!(ctx.log, "order already final, dropping this delivery"; "order_id" => %job.order_id);
-                drop_now.push((job.order_id, claimed, false));
+                found_final.push((job, claimed));
                 continue;
             };
             info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt,
@@ -134,21 +134,72 @@ async fn start_batch(
                 });
             }
         }
+        if !found_final.is_empty() {
+            let found: Vec<(&Job, &[u8])> = found_final
+                .iter()
+                .map(|(job, claimed)| (job, claimed.payload.as_slice()))
+                .collect();
+            send_final_events_again(ctx, &found).await;
+        }
     }
     if !drop_now.is_empty() {
         metrics::counter!(stats::DUPLICATES).increment(drop_now.len() as u64);
         let acks: Vec<Ack> = drop_now
             .iter()
-            .map(|(order_id, claimed, copy)| Ack {
+            .map(|(order_id, claimed)| Ack {
                 payload: &claimed.payload,
                 order_id: *order_id,
                 event: None,
                 // The other copy of the batch goes on: the pending entry is its.
-                keep_pending: *copy,
+                keep_pending: true,
             })
             .collect();
         publish_and_acknowledge(ctx, &acks).await;
     }
+}
+
+/// Acknowledges deliveries of orders found already final, publishing and appending each one's
+/// final event again (same `event_id`): a worker that died after its completion commit and
+/// before its acknowledgement left the order final with no event, and this redelivery is the
+/// only one it gets. An order whose event did go out (its delivery was taken over) gets a
+/// repeat, recognisable by its id. A deleted order gets none. If the statuses cannot be read
+/// (PostgreSQL down), the deliveries go back on the queue.
+pub(super) async fn send_final_events_again(ctx: &Ctx, found: &[(&Job, &[u8])]) {
+    let ids: Vec<Uuid> = found.iter().map(|(job, _)| job.order_id).collect();
+    let statuses = match ctx.store.final_statuses(&ids).await {
+        Ok(statuses) => statuses,
+        Err(e) => {
+            if e.is_unavailable() {
+                ctx.db_down.store(true, Ordering::Relaxed);
+            }
+            // Back on the queue as they are, for a later claim (workers stop claiming while
+            // PostgreSQL is down); not a failed try of the order.
+            let payloads: Vec<Vec<u8>> = found.iter().map(|(_, p)| p.to_vec()).collect();
+            warn!(ctx.log, "cannot read whether these orders are final, putting them back"; "count" => payloads.len(), "error" => %e);
+            until_done(ctx, "requeue", || ctx.queue.requeue(&payloads)).await;
+            return;
+        }
+    };
+    metrics::counter!(stats::DUPLICATES).increment(found.len() as u64);
+    let acks: Vec<Ack> = found
+        .iter()
+        .map(|&(job, payload)| {
+            let status = statuses.iter().find(|(id, ..)| *id == job.order_id);
+            info!(ctx.log, "order already final, sending its event again"; "order_id" => %job.order_id,
+                "status" => status.map_or("deleted", |(_, s, _)| s.as_str()));
+            Ack {
+                payload,
+                order_id: job.order_id,
+                event: status.map(|&(_, status, at)| FinalEvent {
+                    status,
+                    json: Event::new(job, status, at).to_json(),
+                    first: false,
+                }),
+                keep_pending: false,
+            }
+        })
+        .collect();
+    publish_and_acknowledge(ctx, &acks).await;
 }
 
 /// Completes what has finished processing, one batch at a time: whatever has finished since the
@@ -198,9 +249,11 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
                 payload: &s.claimed.payload,
                 order_id: s.job.order_id,
                 event: match outcome {
-                    Some(Completion::Completed(at)) => {
-                        Some(Event::new(&s.job, Status::Completed, Some(*at)).to_json())
-                    }
+                    Some(Completion::Completed(at)) => Some(FinalEvent {
+                        status: Status::Completed,
+                        json: Event::new(&s.job, Status::Completed, Some(*at)).to_json(),
+                        first: true,
+                    }),
                     _ => None,
                 },
                 keep_pending: matches!(outcome, Some(Completion::TakenOver)),

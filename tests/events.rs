@@ -63,9 +63,9 @@ async fn two_thousand_orders_complete_exactly_once_with_one_event_each() {
     app.cleanup().await;
 }
 
-/// The completion makes a notification due in PostgreSQL; a notifier that was not running when
-/// the event went out finds it there and sends it once, and a due order deleted meanwhile is
-/// dropped without sending.
+/// The completion makes a notification due in PostgreSQL; when Redis lost the events (the
+/// stream is gone) before any notifier read them, the notifier's catch-up finds the orders due
+/// there and sends each once, and a due order deleted meanwhile is dropped without sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() {
     let app = TestApp::spawn_with(
@@ -90,7 +90,15 @@ async fn a_notification_whose_event_was_missed_is_sent_once_from_the_database() 
         .await;
     assert_eq!(response.status(), 204);
 
-    // The events are long gone; the catch-up (500 ms in tests) finds what is due.
+    // As if Redis lost its last writes: no stream, so no group to read them from. The catch-up
+    // (500 ms in tests) finds what is due.
+    let client = redis::Client::open(common::redis_url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("DEL")
+        .arg(app.key("events"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let notifier = app.sibling(Roles::parse("notifier").unwrap()).await;
     wait_until("nothing due any more", Duration::from_secs(10), || async {
         app.count_rows("notifications_due").await == 0

@@ -5,7 +5,7 @@
 use super::wait::wait_until;
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -79,8 +79,16 @@ impl Events {
         event.expect("found")
     }
 
-    /// Waits until no event has arrived for `quiet`, stops, and returns the events per order id.
-    pub async fn finish(mut self, quiet: Duration) -> HashMap<Uuid, usize> {
+    /// Waits until no event has arrived for `quiet`, stops, and returns how many distinct
+    /// events each order had: a repeat of an event (the same `event_id`, sent again after a
+    /// redelivery) is one event.
+    pub async fn finish(self, quiet: Duration) -> HashMap<Uuid, usize> {
+        distinct_per_order(&self.finish_all(quiet).await)
+    }
+
+    /// Waits until no event has arrived for `quiet`, stops, and returns every event seen, in the
+    /// order they came.
+    pub async fn finish_all(mut self, quiet: Duration) -> Vec<Value> {
         let what = format!("{quiet:?} without an event");
         wait_until(&what, QUIET_AT_LAST, async || {
             self.seen.lock().unwrap().last.elapsed() >= quiet
@@ -90,16 +98,26 @@ impl Events {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let mut counts = HashMap::new();
-        for event in &self.seen.lock().unwrap().events {
-            let id: Uuid = event["order_id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .expect("an event has an order_id");
-            *counts.entry(id).or_default() += 1;
-        }
-        counts
+        std::mem::take(&mut self.seen.lock().unwrap().events)
     }
+}
+
+/// How many distinct events each order has among `events`: a repeat (the same `event_id`) is one.
+pub fn distinct_per_order(events: &[Value]) -> HashMap<Uuid, usize> {
+    let mut ids: HashMap<Uuid, HashSet<String>> = HashMap::new();
+    for (n, event) in events.iter().enumerate() {
+        let order: Uuid = event["order_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("an event has an order_id");
+        let id = event["event_id"]
+            .as_str()
+            .map_or_else(|| format!("#{n}"), str::to_string);
+        ids.entry(order).or_default().insert(id);
+    }
+    ids.into_iter()
+        .map(|(order, ids)| (order, ids.len()))
+        .collect()
 }
 
 impl Drop for Events {

@@ -108,7 +108,7 @@ pub struct Process {
 impl Process {
     /// Starts `orders serve --roles <roles>` with `env` as its whole environment (besides `PATH`,
     /// a port of its own and JSON logs, written to `log`), and waits until each of its roles is
-    /// up: the API answers `/readyz`, the worker has registered, the notifier has subscribed.
+    /// up: the API answers `/readyz`, the worker has registered, the notifier reads the event stream.
     pub async fn start(
         name: &str,
         roles: &str,
@@ -172,8 +172,8 @@ impl Process {
                 || matches!(http.get(self.url("/readyz")).send().await, Ok(r) if r.status() == 200);
             let worker_ready =
                 !self.roles.contains("worker") || self.log.find("worker started").is_some();
-            let notifier_ready =
-                !self.roles.contains("notifier") || self.log.find("subscribed").is_some();
+            let notifier_ready = !self.roles.contains("notifier")
+                || self.log.find("reading the event stream").is_some();
             api_ready && worker_ready && notifier_ready
         })
         .await;

@@ -31,13 +31,15 @@ pub trait Scene {
     fn key(&self, name: &str) -> String;
 }
 
-/// Whether every completed order must have had its event seen by the test's subscriber.
+/// Whether every completed order must have had its event seen by the test's subscriber. Either
+/// way an order with two distinct events (two `event_id`s) is a duplicate; the same event sent
+/// twice is one.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EventRule {
     /// Exactly one event per completed order.
     ExactlyOne,
-    /// At most one: events can be missed for a reason the scenario explains (Redis down when
-    /// they were published; a worker killed between its commit and its publish).
+    /// At most one: events can be missed by a subscriber for a reason the scenario explains
+    /// (Redis down when they were published).
     AtMostOne,
 }
 

@@ -4,7 +4,9 @@
 #
 #   ingest     POST /orders, no events: the real service (--roles api) against orders-baseline
 #              (the same handler without Redis, benches/baseline.rs), alternating, 3 runs each.
-#   drain      50,000 orders, zero processing delay, all roles in one process.
+#   drain      50,000 orders, zero processing delay, all roles in one process; then the event
+#              stream's length and Redis memory (MEMORY USAGE), and that of the default
+#              retention (100,000 events) at the same size per event.
 #   steady     2,000 orders/s open loop for 20 s, zero delay, freshly started service.
 #   realistic  20,000 orders, 1000-3000 ms delay, ORDERS_MAX_IN_FLIGHT=5000; peak RSS. Judged on
 #              the sustained completion rate (10th to 90th percentile of completion times): over
@@ -418,6 +420,10 @@ if want drain; then
         --concurrency "$DRAIN_CONCURRENCY" --wait 60
     DRAIN_HWM=$(kib "$SVC_PID" VmHWM)
     DRAIN_ROWS=$(psql_db "SELECT count(*) FILTER (WHERE status = 'completed') || '/' || count(*) FROM orders")
+    # The event stream after the drain: its entries and Redis memory (0 on a build without it).
+    DRAIN_STREAM_LEN=$(rcli XLEN "{$PREFIX}:events" 2>/dev/null || echo 0)
+    DRAIN_STREAM_BYTES=$(rcli MEMORY USAGE "{$PREFIX}:events" SAMPLES 0 2>/dev/null || echo 0)
+    [[ $DRAIN_STREAM_BYTES =~ ^[0-9]+$ ]] || DRAIN_STREAM_BYTES=0
     stop_service_and_reset
     DRAIN_EXIT=$SVC_EXIT
 fi
@@ -886,6 +892,13 @@ done
             "$(num "$D_RATE")" "$(clean drain)" "$(verdict "$D_RATE" ">=" 10000)"
         printf '| drain: end to end | p50 %s ms, p99 %s ms, max %s ms; accept rate %s orders/s | | |\n' \
             "$(j drain .end_to_end_ms.p50)" "$(j drain .end_to_end_ms.p99)" "$(j drain .end_to_end_ms.max)" "$(num "$(j drain .accept_rate)")"
+        if ((DRAIN_STREAM_LEN > 0)); then
+            printf '| drain: event stream | %s entries, %s MiB of Redis memory (%s bytes each); the default retention of 100,000 such events: **%s MiB** | < 64 MiB | %s |\n' \
+                "$(num "$DRAIN_STREAM_LEN")" "$(awk -v b="$DRAIN_STREAM_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')" \
+                "$((DRAIN_STREAM_BYTES / DRAIN_STREAM_LEN))" \
+                "$(awk -v b="$DRAIN_STREAM_BYTES" -v n="$DRAIN_STREAM_LEN" 'BEGIN { printf "%.1f", b / n * 100000 / 1048576 }')" \
+                "$(verdict "$(awk -v b="$DRAIN_STREAM_BYTES" -v n="$DRAIN_STREAM_LEN" 'BEGIN { printf "%.1f", b / n * 100000 / 1048576 }')" "<=" 64)"
+        fi
     fi
     if want steady; then
         ST_P99=$(j steady .end_to_end_ms.p99)

@@ -435,13 +435,15 @@ pub async fn ready(api: Arc<Api>) -> Response {
         (true, false) => "stopped",
     };
     let worker = role(configured.worker, &api.roles.worker);
-    // The notifier's flag is set only while it is subscribed.
+    // The notifier's flag is set only while its reads of the event stream work.
     let notifier = match role(configured.notifier, &api.roles.notifier) {
-        "stopped" => "not subscribed",
+        "stopped" => "not reading events",
         other => other,
     };
-    let ready =
-        redis == "ok" && postgres == "ok" && worker != "stopped" && notifier != "not subscribed";
+    let ready = redis == "ok"
+        && postgres == "ok"
+        && worker != "stopped"
+        && notifier != "not reading events";
     // Paused by an operator is not unready: the process does what it was told.
     let claiming = match api.queue.paused().await {
         Ok(true) => "paused",

@@ -11,8 +11,10 @@ run *ARGS: services
     cargo run --release --bin orders -- serve {{ARGS}}
 
 # Format check, clippy with warnings denied, every test (unit, integration, the fault-injection
-# suite), and schemathesis against the OpenAPI document. Needs Redis and PostgreSQL.
-test: services
+# suite, the console in headless Chromium), and schemathesis against the OpenAPI document. Starts
+# (or installs) Redis and PostgreSQL, and installs Chromium and chromedriver when missing.
+test:
+    scripts/services.sh --with-browser
     cargo fmt --all -- --check
     cargo clippy --all-targets --locked -- -D warnings
     cargo nextest run --locked --no-fail-fast

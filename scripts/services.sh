@@ -11,9 +11,14 @@
 # Redis started here keeps its data in /var/lib/orders/redis-<port> (root) or
 # ${XDG_STATE_HOME:-~/.local/state}/orders/redis-<port>; stop it with `redis-cli -p <port> shutdown`.
 #
+# With --with-browser (what `just test` runs) it also installs Debian's Chromium and its driver
+# when missing, for the console's browser tests (tests/console.rs).
+#
 # Exit status: 0 when both answer and the database exists; 1 when something could not be made to
 # work (the message says what); 2 when a URL cannot be understood.
 set -euo pipefail
+WITH_BROWSER=0
+[[ ${1:-} == --with-browser ]] && WITH_BROWSER=1
 
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/orders}
@@ -348,3 +353,10 @@ else
     say "postgres: created database '$P_DB'"
 fi
 say "ready: redis on $R_HOST:$R_PORT, postgres database '$P_DB' on $P_HOST:$P_PORT (user $P_USER)"
+if ((WITH_BROWSER)); then
+    browser=()
+    [[ -x /usr/bin/chromium ]] || browser+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || browser+=(chromium-driver)
+    [[ ${#browser[@]} -eq 0 ]] || apt_install "${browser[@]}"
+    say "ready: chromium and chromedriver for the browser tests"
+fi

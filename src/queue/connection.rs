@@ -1,7 +1,7 @@
 //! The queue's connections to Redis in each deployment (`ORDERS_REDIS_MODE`): the shared
 //! multiplexed [`Connection`] that every command but the blocking pop goes through, the
-//! [`BlockingConnection`] of each fetch loop, and subscriptions for the notifier. Each mode keeps
-//! what it needs to make more of them in a [`Deployment`].
+//! [`BlockingConnection`]s of the fetch loops and the blocking stream reads (the notifier's group,
+//! the live events). Each mode keeps what it needs to make more of them in a [`Deployment`].
 //!
 //! Sentinel mode resolves the primary through the sentinels, and again when a command fails in a
 //! way a failover explains (`READONLY` from a demoted primary, a dropped or refused connection):
@@ -14,7 +14,7 @@ use super::QueueError;
 use crate::config::{Config, RedisMode};
 use futures_util::FutureExt;
 use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub,
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
@@ -26,7 +26,6 @@ use redis::{
     TlsCertificates, TlsMode, Value,
 };
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -192,21 +191,12 @@ impl BlockingConnection {
     }
 }
 
-/// What one mode needs to make blocking connections and subscriptions. (One per process, behind
+/// What one mode needs to make blocking connections. (One per process, behind
 /// an `Arc`: the variants' sizes do not matter.)
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Deployment {
-    Standalone {
-        client: Client,
-        blocking: deadpool_redis::Pool,
-    },
-    Cluster {
-        blocking: ClusterClient,
-        /// One client per seed node: classic `PUBLISH` reaches every node of a cluster, so a
-        /// subscription on any of them hears every event.
-        nodes: Vec<Client>,
-        next_node: AtomicUsize,
-    },
+    Standalone { blocking: deadpool_redis::Pool },
+    Cluster { blocking: ClusterClient },
     Sentinel(Arc<Primary>),
 }
 
@@ -249,7 +239,7 @@ impl Deployment {
                     })?;
                 Ok((
                     Connection::Standalone(conn),
-                    Deployment::Standalone { client, blocking },
+                    Deployment::Standalone { blocking },
                 ))
             }
             RedisMode::Cluster => {
@@ -257,20 +247,8 @@ impl Deployment {
                 let blocking = tls
                     .cluster(&urls, CLUSTER_BLOCKING_TIMEOUT)
                     .map_err(unreachable)?;
-                let nodes = urls
-                    .iter()
-                    .map(|url| tls.client(url))
-                    .collect::<RedisResult<Vec<Client>>>()
-                    .map_err(unreachable)?;
                 let conn = shared.get_async_connection().await.map_err(unreachable)?;
-                Ok((
-                    Connection::Cluster(conn),
-                    Deployment::Cluster {
-                        blocking,
-                        nodes,
-                        next_node: AtomicUsize::new(0),
-                    },
-                ))
+                Ok((Connection::Cluster(conn), Deployment::Cluster { blocking }))
             }
             RedisMode::Sentinel => {
                 let sentinels = tls
@@ -291,7 +269,7 @@ impl Deployment {
     /// A new connection for one fetch loop's blocking pops.
     pub(super) async fn blocking_connection(&self) -> Result<BlockingConnection, QueueError> {
         Ok(match self {
-            Deployment::Standalone { blocking, .. } => {
+            Deployment::Standalone { blocking } => {
                 BlockingConnection::Pooled(blocking.get().await?)
             }
             Deployment::Cluster { blocking, .. } => {
@@ -316,37 +294,6 @@ impl Deployment {
                 }
             }
         })
-    }
-
-    /// A new subscription connection: to the one server; to the next seed node of a cluster
-    /// that answers; to the current primary of a sentinel deployment.
-    pub(super) async fn subscriber(&self) -> RedisResult<PubSub> {
-        match self {
-            Deployment::Standalone { client, .. } => client.get_async_pubsub().await,
-            Deployment::Cluster {
-                nodes, next_node, ..
-            } => {
-                let first = next_node.fetch_add(1, Ordering::Relaxed);
-                let mut last_error = None;
-                for i in 0..nodes.len() {
-                    match nodes[(first + i) % nodes.len()].get_async_pubsub().await {
-                        Ok(pubsub) => return Ok(pubsub),
-                        Err(e) => last_error = Some(e),
-                    }
-                }
-                Err(last_error.unwrap_or_else(|| {
-                    RedisError::from((ErrorKind::Client, "no cluster node to subscribe on"))
-                }))
-            }
-            Deployment::Sentinel(primary) => {
-                let current = primary.current();
-                let pubsub = current.client.get_async_pubsub().await;
-                if let Err(e) = &pubsub {
-                    primary.noticed(current.generation, e).await;
-                }
-                pubsub
-            }
-        }
     }
 }
 

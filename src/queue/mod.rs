@@ -80,7 +80,7 @@ pub struct Queue {
     /// One multiplexed connection that reconnects by itself: concurrent commands from many
     /// requests are pipelined on it (a pool checkout per request would serialise them).
     conn: Connection,
-    /// What makes the fetch loops' blocking connections and the notifier's subscriptions.
+    /// What makes the blocking connections: the fetch loops', the notifier's stream reads.
     deployment: Arc<Deployment>,
     /// To the enqueuer task, which puts the orders of concurrent requests on the queue together.
     enqueuer: mpsc::Sender<ingest::Submission>,
@@ -148,13 +148,6 @@ impl Queue {
     /// The key names.
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    /// A new subscription connection (a subscription needs a connection of its own): to the one
-    /// server, to a cluster node that answers (events reach every node), or to the primary the
-    /// sentinels name.
-    pub async fn subscriber(&self) -> Result<redis::aio::PubSub, QueueError> {
-        Ok(self.deployment.subscriber().await?)
     }
 
     /// Whether Redis answers.

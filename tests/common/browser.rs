@@ -35,8 +35,8 @@ pub struct Browser {
 fn install_hint(what: &str, path: &str) -> String {
     format!(
         "{what} not found at {path}: the console's browser tests need Debian's Chromium and its \
-         driver: `apt-get install -y chromium chromium-driver` (scripts/services.sh, run by \
-         `just test`, installs them when missing)"
+         driver: `apt-get install -y chromium chromium-driver` (`just test` installs them \
+         when missing, through `scripts/services.sh --with-browser`)"
     )
 }
 

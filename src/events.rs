@@ -31,6 +31,12 @@ pub struct Event {
     /// The `X-Request-Id` of the request the event follows from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C trace context of the span that published it, when the order is traced
+    /// (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Event {
@@ -46,6 +52,8 @@ impl Event {
             accepted_at: job.accepted_at,
             completed_at,
             request_id: job.request_id.clone(),
+            traceparent: None,
+            tracestate: None,
         }
     }
 
@@ -61,7 +69,16 @@ impl Event {
             accepted_at: order.accepted_at,
             completed_at: order.completed_at,
             request_id: Some(request_id.to_string()),
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    /// The same event carrying a trace context (`traceparent`, `tracestate`).
+    pub fn traced(mut self, (traceparent, tracestate): (Option<String>, Option<String>)) -> Event {
+        self.traceparent = traceparent;
+        self.tracestate = tracestate;
+        self
     }
 
     /// The JSON published.
@@ -141,6 +158,7 @@ pub async fn run_notifier(
                     lasted = true;
                     match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
                         Ok(event) if event.status == Status::Completed => {
+                            crate::trace::event_received(&event);
                             let _ = events.send(event.order_id);
                         }
                         Ok(_) => {}
@@ -247,6 +265,7 @@ async fn send_notifications(
                 info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
             })
             .await;
+        crate::trace::notified(&batch, sent.as_ref().err().map(|e| e as _));
         match sent {
             Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
             Err(e) => {

@@ -229,7 +229,16 @@ impl Span {
     pub fn child(&self, name: &'static str, kind: SpanKind) -> Span {
         match &self.0 {
             Some(span) => {
-                let parent = Context::new().with_remote_span_context(span.span_context().clone());
+                // A parent in this process: not remote, as the OTLP span flags will say.
+                let sc = span.span_context();
+                let local = SpanContext::new(
+                    sc.trace_id(),
+                    sc.span_id(),
+                    sc.trace_flags(),
+                    false,
+                    sc.trace_state().clone(),
+                );
+                let parent = Context::new().with_remote_span_context(local);
                 Span::start(&parent, name, kind, SystemTime::now(), Vec::new())
             }
             None => Span(None),

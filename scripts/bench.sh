@@ -8,6 +8,12 @@
 #              stream's length and Redis memory (MEMORY USAGE), and that of the default
 #              retention (100,000 events) at the same size per event.
 #   steady     2,000 orders/s open loop for 20 s, zero delay, freshly started service.
+#   tracing    steady, A/B: with no trace endpoint (tracing off) and with OTEL_EXPORTER_OTLP_ENDPOINT
+#              at a local sink (a python3 HTTP server that answers 200 and counts the bytes), every
+#              order traced (ratio 1.0); alternating, 3 runs each (the first variant alternates
+#              too), each a fresh service; medians and their ratios. With BENCH_TRACING_BASE=DIR,
+#              a third variant "base": DIR/orders, a build from before tracing, so that "off" is
+#              measured against the code without it.
 #   realistic  20,000 orders, 1000-3000 ms delay, ORDERS_MAX_IN_FLIGHT=5000; peak RSS. Judged on
 #              the sustained completion rate (10th to 90th percentile of completion times): over
 #              the whole run, 5,000 perfect slots would complete 20,000 such orders at about
@@ -35,13 +41,15 @@
 # bench-results/bench-<date>/. Needs cargo, curl, jq, psql/createdb/dropdb and redis-cli.
 #
 # Knobs (environment): BENCH_SCENARIOS runs only these, comma- or space-separated (default all;
-# they run in the order ingest, replicated, drain, steady, realistic, idle, console whatever the
+# they run in the order ingest, replicated, drain, steady, tracing, realistic, idle, console whatever the
 # order named; `stats` is another name for `console`), e.g. `BENCH_SCENARIOS=console just bench`;
 # BENCH_NO_BUILD=1 uses the release binaries already built; BENCH_BIN=DIR uses orders,
 # orders-load and orders-baseline from DIR instead (no build; for A/B comparisons);
 # BENCH_INGEST_COUNT (100000: runs of 3 s or so; at 20,000 a run lasted half a second and the ratio
 # swung from 0.64 to 0.92 between runs of one build), BENCH_INGEST_RUNS (3), BENCH_DRAIN_COUNT (50000),
-# BENCH_STEADY_RATE (2000), BENCH_STEADY_SECONDS (20), BENCH_REALISTIC_COUNT (20000),
+# BENCH_STEADY_RATE (2000), BENCH_STEADY_SECONDS (20), BENCH_TRACING_RUNS (3), BENCH_TRACING_SECONDS
+# (BENCH_STEADY_SECONDS: each run is steady at BENCH_STEADY_RATE), BENCH_TRACING_BASE (unset),
+# BENCH_REALISTIC_COUNT (20000),
 # BENCH_CONSOLE_ROWS (1000000 orders; a tenth of them failed, and as many dead letters: 99% of
 # the failed orders' plus 1,000 payloads that are no order).
 set -euo pipefail
@@ -60,6 +68,9 @@ DRAIN_CONCURRENCY=8
 STEADY_RATE=${BENCH_STEADY_RATE:-2000}
 STEADY_SECONDS=${BENCH_STEADY_SECONDS:-20}
 STEADY_CONCURRENCY=128
+TRACING_RUNS=${BENCH_TRACING_RUNS:-3}
+TRACING_SECONDS=${BENCH_TRACING_SECONDS:-$STEADY_SECONDS}
+TRACING_BASE=${BENCH_TRACING_BASE:-}
 REALISTIC_COUNT=${BENCH_REALISTIC_COUNT:-20000}
 REALISTIC_CONCURRENCY=64
 REALISTIC_IN_FLIGHT=5000
@@ -80,7 +91,7 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # The scenarios to run: want NAME says whether NAME is one.
-ALL_SCENARIOS=(ingest replicated drain steady realistic idle console)
+ALL_SCENARIOS=(ingest replicated drain steady tracing realistic idle console)
 declare -A WANTED=()
 SCENARIOS_NAMED=${BENCH_SCENARIOS:-all}
 read -ra NAMED <<<"${SCENARIOS_NAMED//,/ }"
@@ -100,12 +111,23 @@ want() { [[ -n ${WANTED[$1]:-} ]]; }
 for tool in cargo curl jq psql createdb dropdb redis-cli; do
     have "$tool" || die "$tool is needed (jq: apt-get install jq; redis-cli: redis-tools; psql/createdb/dropdb: postgresql-client)"
 done
+if want tracing; then
+    have python3 || die "python3 is needed for the tracing scenario's OTLP sink"
+    if [[ -n $TRACING_BASE ]]; then
+        TRACING_BASE=$(cd "$TRACING_BASE" && pwd)
+        [[ -x $TRACING_BASE/orders ]] || die "BENCH_TRACING_BASE: $TRACING_BASE/orders is missing"
+    fi
+fi
 
 # No ORDERS_* setting of the caller leaks into the runs: each scenario sets what it needs.
 while IFS= read -r name; do
     unset "$name"
 done < <(compgen -e | grep '^ORDERS_' || true)
 unset DATABASE_URL REDIS_URL
+# Nor the caller's tracing: only the tracing scenario's "on" runs export.
+while IFS= read -r name; do
+    unset "$name"
+done < <(compgen -e | grep '^OTEL_' || true)
 
 # --- build -------------------------------------------------------------------------------------
 if [[ -n ${BENCH_BIN:-} ]]; then
@@ -323,7 +345,8 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # load NAME URL PID ARGS...: one orders-load run against the server PID, raw JSON in
 # RUN_DIR/NAME.json; notes its exit code, its wall time and the CPU time the server used.
-declare -A LOAD_EXIT LOAD_WALL SERVER_CPU
+declare -A LOAD_EXIT LOAD_WALL SERVER_CPU T_E2E T_HTTP T_RATE T_CPU
+TRACING_EXITS=()
 load() {
     local name=$1 url=$2 pid=$3 code=0 t0 c0
     shift 3
@@ -437,6 +460,63 @@ if want steady; then
     STEADY_HWM=$(kib "$SVC_PID" VmHWM)
     stop_service_and_reset
     STEADY_EXIT=$SVC_EXIT
+fi
+
+# --- tracing -----------------------------------------------------------------------------------
+if want tracing; then
+    # The OTLP sink: answers every POST with 200 (an empty ExportTraceServiceResponse) and writes
+    # the size of each body, one a line.
+    SINK_PORT=$(free_port)
+    python3 - "$HOST" "$SINK_PORT" "$RUN_DIR/tracing.sink-bytes.txt" >"$RUN_DIR/tracing.sink.log" 2>&1 <<'PY' &
+import http.server, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = open(path, "a", buffering=1)
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        n = int(self.headers.get("content-length") or 0)
+        self.rfile.read(n)
+        out.write(f"{n}\n")
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((host, port), Sink).serve_forever()
+PY
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    for ((i = 0; i < 100; i++)); do
+        (exec 3<>"/dev/tcp/$HOST/$SINK_PORT") 2>/dev/null && break
+        kill -0 "$SINK_PID" 2>/dev/null || die "the OTLP sink exited at start-up; see $RUN_DIR/tracing.sink.log"
+        sleep 0.1
+    done
+    ((i < 100)) || die "the OTLP sink did not listen within 10 s"
+    say "tracing: steady ($STEADY_RATE orders/s for $TRACING_SECONDS s) without and with an OTLP endpoint (sink :$SINK_PORT), $TRACING_RUNS runs each"
+    TRACING_VARIANTS=(off on)
+    [[ -n $TRACING_BASE ]] && TRACING_VARIANTS+=(base)
+    for ((run = 1; run <= TRACING_RUNS; run++)); do
+        # Each run starts with another variant, so that none always goes first.
+        variants=()
+        for ((v = 0; v < ${#TRACING_VARIANTS[@]}; v++)); do
+            variants+=("${TRACING_VARIANTS[(v + run - 1) % ${#TRACING_VARIANTS[@]}]}")
+        done
+        for variant in "${variants[@]}"; do
+            extra=()
+            [[ $variant == on ]] && extra=("OTEL_EXPORTER_OTLP_ENDPOINT=http://$HOST:$SINK_PORT")
+            service_bin=$BIN
+            [[ $variant == base ]] && service_bin=$TRACING_BASE
+            BIN=$service_bin start_service "tracing-$variant-$run" api,worker,notifier ORDERS_PROCESSING_DELAY_MS=0 "${extra[@]}"
+            load "tracing-$variant-$run" "http://$HOST:$SVC_PORT" "$SVC_PID" --rate "$STEADY_RATE" \
+                --duration "$TRACING_SECONDS" --concurrency "$STEADY_CONCURRENCY" --wait 30
+            stop_service_and_reset
+            TRACING_EXITS+=("$variant-$run $SVC_EXIT")
+        done
+    done
+    stop_pid "$SINK_PID"
+    TRACING_POSTS=$(grep -c . "$RUN_DIR/tracing.sink-bytes.txt" || true)
+    TRACING_KIB=$(awk '{ s += $1 } END { printf "%.0f", s / 1024 }' "$RUN_DIR/tracing.sink-bytes.txt" 2>/dev/null || echo 0)
 fi
 
 # --- realistic ---------------------------------------------------------------------------------
@@ -799,6 +879,16 @@ ingest_list() {
     printf '%s' "${out[*]}" | sed 's/,/, /g'
 }
 
+tracing_median() { # tracing_median off|on JQ: the median over the runs of that variant
+    local r
+    for ((r = 1; r <= TRACING_RUNS; r++)); do j "tracing-$1-$r" "$2"; done | median
+}
+tracing_cpu() { # tracing_cpu off|on: the median server CPU seconds
+    local r
+    for ((r = 1; r <= TRACING_RUNS; r++)); do printf '%s\n' "${SERVER_CPU[tracing-$1-$r]}"; done | median
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
 clean() { # "accepted A, completed C, missing M, duplicated D, errors E, rejected R"
     jq -r '"accepted \(.accepted), completed \(.completed), missing \(.missing), duplicated \(.duplicated), transport errors \(.transport_errors), rejected \([.rejected[]] | add // 0)"' "$RUN_DIR/$1.json"
 }
@@ -817,6 +907,8 @@ console_verdict() { # console_verdict LABEL: against the target, or the unexpect
     fi
 }
 
+joined() { local IFS=';'; printf '%s' "$*" | sed 's/;/, /g'; }
+
 # The service's exit codes and peak RSS in the scenarios that ran.
 EXITS=() HWMS=()
 if want ingest; then
@@ -831,13 +923,13 @@ if want steady; then
     EXITS+=("steady $STEADY_EXIT")
     HWMS+=("steady $(mib "$STEADY_HWM") MiB")
 fi
+if want tracing; then EXITS+=("tracing $(joined "${TRACING_EXITS[@]}")"); fi
 if want realistic; then EXITS+=("realistic $REALISTIC_EXIT"); fi
 if want idle; then EXITS+=("idle $IDLE_EXIT"); fi
 if want console; then
     EXITS+=("console $CONSOLE_EXIT (its second worker $CONSOLE_WORKER2_EXIT)")
     HWMS+=("console $(mib "$CONSOLE_HWM") MiB")
 fi
-joined() { local IFS=';'; printf '%s' "$*" | sed 's/;/, /g'; }
 
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 if [[ $COMMIT != unknown && -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
@@ -905,6 +997,28 @@ done
         printf '| steady: end to end | p50 %s ms, **p99 %s ms**, max %s ms (%s) | p99 ≤ 10 ms | %s |\n' \
             "$(j steady .end_to_end_ms.p50)" "$ST_P99" "$(j steady .end_to_end_ms.max)" "$(clean steady)" "$(verdict "$ST_P99" "<=" 10)"
     fi
+    if want tracing; then
+        for variant in "${TRACING_VARIANTS[@]}"; do
+            T_E2E[$variant]=$(tracing_median "$variant" .end_to_end_ms.p99)
+            T_HTTP[$variant]=$(tracing_median "$variant" .http_latency_ms.p99)
+            T_RATE[$variant]=$(tracing_median "$variant" .completion_rate)
+            T_CPU[$variant]=$(tracing_cpu "$variant")
+        done
+        printf '| tracing: steady, no endpoint (off) | median of %s runs: end to end p99 %s ms, HTTP p99 %s ms, %s completed/s, server CPU %s s | | |\n' \
+            "$TRACING_RUNS" "${T_E2E[off]}" "$(ms "${T_HTTP[off]}")" "$(num "${T_RATE[off]}")" "${T_CPU[off]}"
+        printf '| tracing: steady, exporting every order to a local OTLP sink (on) | median of %s runs: end to end p99 %s ms, HTTP p99 %s ms, %s completed/s, server CPU %s s; %s posts, %s KiB received | | |\n' \
+            "$TRACING_RUNS" "${T_E2E[on]}" "$(ms "${T_HTTP[on]}")" "$(num "${T_RATE[on]}")" "${T_CPU[on]}" "$(num "$TRACING_POSTS")" "$(num "$TRACING_KIB")"
+        printf '| tracing: on / off | end to end p99 **%s×**, HTTP p99 %s×, completion rate %s×, server CPU **%s×** | | |\n' \
+            "$(ratio "${T_E2E[on]}" "${T_E2E[off]}")" "$(ratio "${T_HTTP[on]}" "${T_HTTP[off]}")" \
+            "$(ratio "${T_RATE[on]}" "${T_RATE[off]}")" "$(ratio "${T_CPU[on]}" "${T_CPU[off]}")"
+        if [[ -n $TRACING_BASE ]]; then
+            printf '| tracing: steady, the build before tracing (base: %s) | median of %s runs: end to end p99 %s ms, HTTP p99 %s ms, %s completed/s, server CPU %s s | | |\n' \
+                "$TRACING_BASE" "$TRACING_RUNS" "${T_E2E[base]}" "$(ms "${T_HTTP[base]}")" "$(num "${T_RATE[base]}")" "${T_CPU[base]}"
+            printf '| tracing: off / base | end to end p99 **%s×**, HTTP p99 %s×, completion rate %s×, server CPU **%s×** | | |\n' \
+                "$(ratio "${T_E2E[off]}" "${T_E2E[base]}")" "$(ratio "${T_HTTP[off]}" "${T_HTTP[base]}")" \
+                "$(ratio "${T_RATE[off]}" "${T_RATE[base]}")" "$(ratio "${T_CPU[off]}" "${T_CPU[base]}")"
+        fi
+    fi
     if want realistic; then
         R_RATE=$(j realistic .sustained_completion_rate)
         R_PEAK=$((REALISTIC_HWM > ${REALISTIC_SAMPLED:-0} ? REALISTIC_HWM : ${REALISTIC_SAMPLED:-0}))
@@ -946,6 +1060,10 @@ done
         printf -- '- steady: `--rate %s --duration %s --concurrency %s`, open loop, latencies from the intended send time.\n' \
             "$STEADY_RATE" "$STEADY_SECONDS" "$STEADY_CONCURRENCY"
     fi
+    if want tracing; then
+        printf -- '- tracing: each run as steady (`--rate %s --duration %s --concurrency %s`, all roles in one process, zero delay), %s runs of each variant in turn (each run begins with the next variant); "on" is `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<sink>` with the default ratio 1.0 (8 spans per order) and the SDK'"'"'s default batch processor (2,048 spans queued at most, 512 a post, every 5 s).\n' \
+            "$STEADY_RATE" "$TRACING_SECONDS" "$STEADY_CONCURRENCY" "$TRACING_RUNS"
+    fi
     if want realistic; then
         printf -- '- realistic: `--count %s --concurrency %s`, closed loop, `ORDERS_PROCESSING_DELAY_MS=1000-3000 ORDERS_MAX_IN_FLIGHT=%s`. The target (0.9 × in-flight ÷ mean delay) is a rate in full swing, so the verdict is on the sustained rate; the whole-run rate also counts the first second, before any order can finish, and the last orders'"'"' 1-3 s, which caps it near 2,000 orders/s for any service (a simulation of perfect slots: scripts/bench.sh header).\n' \
             "$REALISTIC_COUNT" "$REALISTIC_CONCURRENCY" "$REALISTIC_IN_FLIGHT"
@@ -964,7 +1082,7 @@ done
         "$LOG_LINES" "$STAMP"
     printf -- '- The load generator, the service, Redis and PostgreSQL share the same %s CPUs; nothing else was stopped for the run. The service and the baseline ran their default runtime threads (ORDERS_THREADS=0: half the CPUs, at least one).\n' "$(nproc)"
     printf -- '- Raw JSON of every run: bench-results/bench-%s/.\n' "$STAMP"
-    if want ingest || want replicated || want drain || want steady || want realistic; then
+    if want ingest || want replicated || want drain || want steady || want tracing || want realistic; then
         printf '\nRuns (latencies in ms; sending s and accept/s are the sending phase, run wall s includes the wait for the last events; server CPU s is user + system time of the server process during the run; load exit code 1 = something missing, duplicated or a transport error):\n\n'
         printf '| run | accepted | rejected | errors | sending s | accept/s | HTTP p50 / p99 / max | completed | missing | dup | completion/s | e2e p50 / p99 / max | run wall s | server CPU s | exit |\n'
         printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
@@ -982,9 +1100,15 @@ done
                 run_row "replicated-1-$r"
             done
         fi
-        for name in drain steady realistic; do
+        for name in drain steady; do
             if want "$name"; then run_row "$name"; fi
         done
+        if want tracing; then
+            for ((r = 1; r <= TRACING_RUNS; r++)); do
+                for variant in "${TRACING_VARIANTS[@]}"; do run_row "tracing-$variant-$r"; done
+            done
+        fi
+        if want realistic; then run_row realistic; fi
     fi
     if want console; then
         printf '\nConsole calls (%s orders, %s dead letters, %s scheduled retries, two live workers; ms of curl'"'"'s time_total over %s calls after one warm-up; bytes: median response body):\n\n' \

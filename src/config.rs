@@ -53,6 +53,8 @@ pub struct Config {
     pub event_stream_maxlen: u64,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub trace_endpoint: String,
+    pub trace_sample_ratio: f64,
 }
 
 /// How logs are written.
@@ -161,6 +163,7 @@ impl Config {
             let alias = match key.as_str() {
                 "database_url" => env("DATABASE_URL"),
                 "redis_url" => env("REDIS_URL"),
+                "trace_endpoint" => env("OTEL_EXPORTER_OTLP_ENDPOINT"),
                 _ => None,
             };
             let Some(value) = env(&name).or(alias) else {
@@ -168,6 +171,7 @@ impl Config {
             };
             let parsed = match &table[&key] {
                 toml::Value::Integer(_) => value.trim().parse().map(toml::Value::Integer).ok(),
+                toml::Value::Float(_) => value.trim().parse().map(toml::Value::Float).ok(),
                 _ => Some(toml::Value::String(value.clone())),
             };
             let parsed = parsed.ok_or_else(|| ConfigError::Env {
@@ -253,6 +257,7 @@ impl Config {
         }
         check_admin_token(&self.admin_token)?;
         self.check_redis()?;
+        self.check_tracing()?;
         Ok(self)
     }
 
@@ -337,6 +342,32 @@ impl Config {
                  and 60000"
                     .into(),
             );
+        }
+        Ok(())
+    }
+
+    /// A sampling ratio is a share; the exporter speaks plain HTTP to one host.
+    fn check_tracing(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid(format!(
+                "ORDERS_TRACE_SAMPLE_RATIO (trace_sample_ratio) must be between 0 and 1, got {}",
+                self.trace_sample_ratio
+            )));
+        }
+        let endpoint = self.trace_endpoint.trim();
+        if endpoint.is_empty() {
+            return Ok(());
+        }
+        let uri: Result<warp::http::Uri, _> = endpoint.parse();
+        let fine = uri.as_ref().is_ok_and(|u| {
+            u.scheme_str() == Some("http") && u.host().is_some() && u.query().is_none()
+        });
+        if !fine {
+            return Err(ConfigError::Invalid(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT (trace_endpoint) must be an http:// URL such as \
+                 http://127.0.0.1:4318 (spans go to <endpoint>/v1/traces; the exporter speaks \
+                 plain HTTP, to a collector beside the service), got {endpoint:?}"
+            )));
         }
         Ok(())
     }
@@ -628,6 +659,51 @@ mod tests {
             "the message repeats a password: {error}"
         );
         let _ = std::fs::remove_file(pem);
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_its_settings_are_checked() {
+        let config = load(&[]).unwrap();
+        assert_eq!(
+            (config.trace_endpoint.as_str(), config.trace_sample_ratio),
+            ("", 1.0)
+        );
+        let config = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("ORDERS_TRACE_SAMPLE_RATIO", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(config.trace_endpoint, "http://127.0.0.1:4318");
+        assert_eq!(config.trace_sample_ratio, 0.25);
+        for (vars, named) in [
+            (
+                ("ORDERS_TRACE_SAMPLE_RATIO", "1.5"),
+                "ORDERS_TRACE_SAMPLE_RATIO",
+            ),
+            (
+                ("ORDERS_TRACE_SAMPLE_RATIO", "-0.1"),
+                "ORDERS_TRACE_SAMPLE_RATIO",
+            ),
+            (
+                ("ORDERS_TRACE_SAMPLE_RATIO", "NaN"),
+                "ORDERS_TRACE_SAMPLE_RATIO",
+            ),
+            (
+                ("ORDERS_TRACE_SAMPLE_RATIO", "half"),
+                "ORDERS_TRACE_SAMPLE_RATIO",
+            ),
+            (
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector"),
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+        ] {
+            let error = load(&[vars]).expect_err(named).to_string();
+            assert!(error.contains(named), "{vars:?}: {error}");
+        }
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct Event {
     /// The `X-Request-Id` of the request the event follows from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C trace context of the span that published it, when the order is traced
+    /// (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Event {
@@ -46,6 +52,8 @@ impl Event {
             accepted_at: job.accepted_at,
             completed_at,
             request_id: job.request_id.clone(),
+            traceparent: None,
+            tracestate: None,
         }
     }
 
@@ -61,7 +69,16 @@ impl Event {
             accepted_at: order.accepted_at,
             completed_at: order.completed_at,
             request_id: Some(request_id.to_string()),
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    /// The same event carrying a trace context (`traceparent`, `tracestate`).
+    pub fn traced(mut self, (traceparent, tracestate): (Option<String>, Option<String>)) -> Event {
+        self.traceparent = traceparent;
+        self.tracestate = tracestate;
+        self
     }
 
     /// The JSON published.
@@ -200,7 +217,10 @@ async fn notify(queue: &Queue, store: &Store, events: Vec<StreamEvent>, log: &Lo
     let mut completed = Vec::with_capacity(events.len());
     for entry in &events {
         match serde_json::from_slice::<Event>(&entry.event) {
-            Ok(event) if event.status == Status::Completed => completed.push(event.order_id),
+            Ok(event) if event.status == Status::Completed => {
+                crate::trace::event_received(&event);
+                completed.push(event.order_id);
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(log, "ignoring a stream entry that is not an order event"; "id" => &entry.id, "error" => %e)
@@ -213,6 +233,7 @@ async fn notify(queue: &Queue, store: &Store, events: Vec<StreamEvent>, log: &Lo
                 info!(log, "{}", notification_line(customer_id, order_id); "order_id" => %order_id);
             })
             .await;
+        crate::trace::notified(&completed, sent.as_ref().err().map(|e| e as _));
         match sent {
             Ok(n) => metrics::counter!(crate::stats::NOTIFIED).increment(n as u64),
             Err(e) => {

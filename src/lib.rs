@@ -11,6 +11,7 @@ pub mod queue;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;
 
 use config::Config;

@@ -88,8 +88,28 @@ async fn run(job: Job, config: Config) -> ExitCode {
 async fn serve(config: &Config, roles: Roles, log: &slog::Logger) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     tokio::spawn(stop_on_signal(shutdown.clone(), log.clone()));
-    let running = orders::start(config, roles, shutdown, log.clone()).await?;
+    let tracing = orders::trace::init(config, roles)?;
+    if tracing.is_some() {
+        info!(log, "tracing"; "endpoint" => config.trace_endpoint.trim(),
+            "sample_ratio" => config.trace_sample_ratio);
+    }
+    let started = orders::start(config, roles, shutdown, log.clone()).await;
+    let running = match started {
+        Ok(running) => running,
+        Err(e) => {
+            if let Some(tracing) = tracing {
+                let _ = tracing.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
     running.wait().await;
+    // The last spans of a short-lived process go out before it exits.
+    if let Some(tracing) = tracing {
+        if let Err(e) = tracing.shutdown().await {
+            slog::warn!(log, "tracing: the last spans were not exported"; "error" => e);
+        }
+    }
     info!(log, "stopped");
     Ok(())
 }

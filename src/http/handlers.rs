@@ -7,6 +7,7 @@ use crate::events::Event;
 use crate::order::{Job, NewOrder, Status};
 use crate::queue::{Enqueued, Removal, Replay};
 use crate::store::{CancelOutcome, Cursor, ListQuery, OrderView};
+use crate::trace;
 use serde::Deserialize;
 use slog::{info, warn};
 use std::sync::Arc;
@@ -27,6 +28,27 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// within 24 h answer the first order's id with its current status and enqueue nothing; another
 /// body is a 409; the order having been deleted since, a 410.
 pub async fn create_order(
+    incoming: trace::Incoming,
+    body: Body,
+    idempotency_key: Option<String>,
+    request_id: String,
+    api: Arc<Api>,
+) -> Result<Response, ApiError> {
+    let mut span = incoming.request("POST /orders", "/orders");
+    let reply = place_order(&span, body, idempotency_key, request_id, api).await;
+    span.answered(
+        reply
+            .as_ref()
+            .map_or_else(|e| e.status_and_code().0, |r| r.status())
+            .as_u16(),
+    );
+    span.end();
+    reply
+}
+
+/// `POST /orders` under its request span.
+async fn place_order(
+    span: &trace::Span,
     body: Body,
     idempotency_key: Option<String>,
     request_id: String,
@@ -35,11 +57,16 @@ pub async fn create_order(
     let order = NewOrder::parse(&body)?;
     let key = checked_idempotency_key(idempotency_key)?;
     let canonical = key.as_ref().map(|_| order.canonical_json());
-    let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()));
+    let enqueue = span.child("enqueue", trace::SpanKind::Producer);
+    let job = Job::accept(order, OffsetDateTime::now_utc(), Some(request_id.clone()))
+        .traced(enqueue.carrier());
     let jobs = std::slice::from_ref(&job);
-    let Some(first) = enqueue_once(&api, jobs, key.as_deref(), canonical).await? else {
+    let enqueued = enqueue_once(&api, jobs, key.as_deref(), canonical).await;
+    enqueue.ended(&enqueued);
+    let Some(first) = enqueued? else {
         metrics::counter!(crate::stats::ACCEPTED).increment(1);
-        info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id);
+        info!(api.log, "order accepted"; "order_id" => %job.order_id, "request_id" => &request_id,
+            trace::log_kv(&job));
         return Ok(accepted(job.order_id, request_id));
     };
     // `enqueue_once` saw that the record names as many orders as this request: one.
@@ -74,6 +101,27 @@ fn order_reply(order_id: Uuid, status: Status, request_id: String) -> Response {
 /// adds `statuses`, the current status of each order (`deleted` for one an admin deleted), and
 /// `status` is the one they share or `mixed`; every order deleted, it is a 410.
 pub async fn create_batch(
+    incoming: trace::Incoming,
+    body: Body,
+    idempotency_key: Option<String>,
+    request_id: String,
+    api: Arc<Api>,
+) -> Result<Response, ApiError> {
+    let mut span = incoming.request("POST /orders/batch", "/orders/batch");
+    let reply = place_batch(&span, body, idempotency_key, request_id, api).await;
+    span.answered(
+        reply
+            .as_ref()
+            .map_or_else(|e| e.status_and_code().0, |r| r.status())
+            .as_u16(),
+    );
+    span.end();
+    reply
+}
+
+/// `POST /orders/batch` under its request span.
+async fn place_batch(
+    span: &trace::Span,
     body: Body,
     idempotency_key: Option<String>,
     request_id: String,
@@ -106,16 +154,21 @@ pub async fn create_batch(
         .as_ref()
         .map(|_| serde_json::to_string(&orders).unwrap_or_default());
     let now = OffsetDateTime::now_utc();
+    let enqueue = span.child("enqueue", trace::SpanKind::Producer);
+    let carrier = enqueue.carrier();
     let jobs: Vec<Job> = orders
         .into_iter()
-        .map(|o| Job::accept(o, now, Some(request_id.clone())))
+        .map(|o| Job::accept(o, now, Some(request_id.clone())).traced(carrier.clone()))
         .collect();
-    let body = match enqueue_once(&api, &jobs, key.as_deref(), canonical).await? {
+    let enqueued = enqueue_once(&api, &jobs, key.as_deref(), canonical).await;
+    enqueue.ended(&enqueued);
+    let body = match enqueued? {
         None => {
             let ids: Vec<Uuid> = jobs.iter().map(|j| j.order_id).collect();
             metrics::counter!(crate::stats::ACCEPTED).increment(ids.len() as u64);
-            for id in &ids {
-                info!(api.log, "order accepted"; "order_id" => %id, "request_id" => &request_id);
+            for job in &jobs {
+                info!(api.log, "order accepted"; "order_id" => %job.order_id,
+                    "request_id" => &request_id, trace::log_kv(job));
             }
             serde_json::json!({"order_ids": ids, "status": Status::Queued})
         }

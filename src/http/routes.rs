@@ -221,12 +221,14 @@ pub(super) fn router(
         warp::any().map(move || api.clone())
     };
     let create = public(&ORDERS, Method::POST)
+        .and(crate::trace::incoming())
         .and(json_body(MAX_BODY, &api.body_budget))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(request_id())
         .and(with_api.clone())
         .then(handlers::create_order);
     let batch = public(&ORDERS_BATCH, Method::POST)
+        .and(crate::trace::incoming())
         .and(json_body(MAX_BATCH_BODY, &api.body_budget))
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(request_id())

@@ -281,6 +281,11 @@ pub struct Job {
     /// The `X-Request-Id` of the request that placed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C trace context of its enqueue span, when the API traced it (`crate::trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -299,7 +304,16 @@ impl Job {
             failures: 0,
             errors: Vec::new(),
             request_id,
+            traceparent: None,
+            tracestate: None,
         }
+    }
+
+    /// The same job carrying a trace context (`traceparent`, `tracestate`).
+    pub fn traced(mut self, (traceparent, tracestate): (Option<String>, Option<String>)) -> Job {
+        self.traceparent = traceparent;
+        self.tracestate = tracestate;
+        self
     }
 
     /// Parses a payload taken off the list and checks the order rules again: anything can be
@@ -316,6 +330,8 @@ impl Job {
             failures: job.failures,
             errors: job.errors,
             request_id: job.request_id,
+            traceparent: job.traceparent,
+            tracestate: job.tracestate,
         })
     }
 

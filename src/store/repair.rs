@@ -43,6 +43,8 @@ impl Store {
                     failures: 0,
                     errors: Vec::new(),
                     request_id: None,
+                    traceparent: None,
+                    tracestate: None,
                 })
             })
             .collect())

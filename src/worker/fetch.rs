@@ -17,15 +17,23 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// [`Held`] until dropped.
 pub(super) struct Claimed {
     pub(super) payload: Vec<u8>,
+    /// When it was claimed, with tracing on (the end of its queue wait span).
+    pub(super) claimed_at: Option<std::time::SystemTime>,
     _slot: OwnedSemaphorePermit,
     held: Arc<Held>,
 }
 
 impl Claimed {
-    fn new(payload: Vec<u8>, slot: OwnedSemaphorePermit, held: &Arc<Held>) -> Claimed {
+    fn new(
+        payload: Vec<u8>,
+        claimed_at: Option<std::time::SystemTime>,
+        slot: OwnedSemaphorePermit,
+        held: &Arc<Held>,
+    ) -> Claimed {
         held.change(&payload, true);
         Claimed {
             payload,
+            claimed_at,
             _slot: slot,
             held: held.clone(),
         }
@@ -196,9 +204,11 @@ impl Fetcher {
                         continue;
                     }
                 };
+                let claimed_at = crate::trace::now();
                 for payload in claimed {
                     let Some(slot) = slots.split(1) else { break };
-                    let _ = self.claimed.send(Claimed::new(payload, slot, &ctx.held));
+                    let claimed = Claimed::new(payload, claimed_at, slot, &ctx.held);
+                    let _ = self.claimed.send(claimed);
                 }
                 drop(claiming);
             }

@@ -18,7 +18,7 @@ use crate::order::{Job, Status};
 use crate::queue::{Ack, FinalEvent};
 use crate::stats;
 use crate::store::Completion;
-use crate::Shutdown;
+use crate::{trace, Shutdown};
 use slog::{info, warn};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -38,6 +38,7 @@ pub(super) struct Started {
     attempt: i32,
     claimed: Claimed,
     since: std::time::Instant,
+    trace: trace::Order,
 }
 
 /// Stores claimed orders as `processing`, one batch at a time: whatever has been claimed since
@@ -89,7 +90,9 @@ async fn start_batch(
     }
     if !jobs.is_empty() {
         let refs: Vec<&Job> = jobs.iter().map(|(job, _)| job).collect();
+        let store_began = trace::now();
         let begun = ctx.store.begin_processing(&refs).await;
+        let stored = (store_began, trace::now());
         let attempts = match begun {
             Ok(attempts) => attempts,
             Err(e) => {
@@ -109,12 +112,13 @@ async fn start_batch(
                 continue;
             };
             info!(ctx.log, "order processing"; "order_id" => %job.order_id, "attempt" => attempt,
-                "request_id" => job.request_id.as_deref().unwrap_or(""));
+                "request_id" => job.request_id.as_deref().unwrap_or(""), trace::log_kv(&job));
             if attempt == 1 {
                 let waited = OffsetDateTime::now_utc() - job.accepted_at;
                 metrics::histogram!(stats::QUEUE_WAIT).record(waited.as_seconds_f64().max(0.0));
             }
             let started = Started {
+                trace: trace::Order::stored(&job, attempt, claimed.claimed_at, stored),
                 job,
                 attempt,
                 claimed,
@@ -225,9 +229,10 @@ pub(super) async fn completer(
 
 /// Completes the orders still `processing` under their attempt (a cancelled or redelivered one
 /// is not), then publishes their events and acknowledges them all in one round trip.
-async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
+async fn complete_batch(ctx: &Ctx, mut batch: Vec<Started>) {
     let ids: Vec<Uuid> = batch.iter().map(|s| s.job.order_id).collect();
     let attempts: Vec<i32> = batch.iter().map(|s| s.attempt).collect();
+    let complete_began = trace::now();
     let completed = match ctx.store.complete(&ids, &attempts).await {
         Ok(completed) => completed,
         Err(e) => {
@@ -241,6 +246,15 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
             return;
         }
     };
+    let complete = (complete_began, trace::now());
+    for s in &mut batch {
+        let outcome = match completed.get(&(s.job.order_id, s.attempt)) {
+            Some(Completion::Completed(_)) => "completed",
+            Some(Completion::TakenOver) => "taken over",
+            None => "already final",
+        };
+        s.trace.completed(complete, outcome);
+    }
     let acks: Vec<Ack> = batch
         .iter()
         .map(|s| {
@@ -249,11 +263,14 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
                 payload: &s.claimed.payload,
                 order_id: s.job.order_id,
                 event: match outcome {
-                    Some(Completion::Completed(at)) => Some(FinalEvent {
-                        status: Status::Completed,
-                        json: Event::new(&s.job, Status::Completed, Some(*at)).to_json(),
-                        first: true,
-                    }),
+                    Some(Completion::Completed(at)) => {
+                        let event = Event::new(&s.job, Status::Completed, Some(*at));
+                        Some(FinalEvent {
+                            status: Status::Completed,
+                            json: event.traced(s.trace.carrier()).to_json(),
+                            first: true,
+                        })
+                    }
                     _ => None,
                 },
                 keep_pending: matches!(outcome, Some(Completion::TakenOver)),
@@ -261,6 +278,11 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
         })
         .collect();
     publish_and_acknowledge(ctx, &acks).await;
+    drop(acks);
+    let published = trace::now();
+    for s in &mut batch {
+        s.trace.published(published);
+    }
     let done = completed
         .values()
         .filter(|c| matches!(c, Completion::Completed(_)))
@@ -275,10 +297,11 @@ async fn complete_batch(ctx: &Ctx, batch: Vec<Started>) {
                     .record(started.since.elapsed().as_secs_f64());
                 let total = (*at - started.job.accepted_at).as_seconds_f64().max(0.0);
                 metrics::histogram!(stats::END_TO_END).record(total);
-                info!(ctx.log, "order completed"; "order_id" => %order_id, "request_id" => request_id);
+                info!(ctx.log, "order completed"; "order_id" => %order_id, "request_id" => request_id,
+                    trace::log_kv(&started.job));
             }
             _ => info!(ctx.log, "order was cancelled or taken over, not completed";
-                "order_id" => %order_id, "request_id" => request_id),
+                "order_id" => %order_id, "request_id" => request_id, trace::log_kv(&started.job)),
         }
     }
 }

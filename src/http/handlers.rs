@@ -34,16 +34,19 @@ pub async fn create_order(
     request_id: String,
     api: Arc<Api>,
 ) -> Result<Response, ApiError> {
-    let mut span = incoming.request("POST /orders", "/orders");
+    let span = incoming.request("POST /orders", "/orders");
     let reply = place_order(&span, body, idempotency_key, request_id, api).await;
-    span.answered(
-        reply
-            .as_ref()
-            .map_or_else(|e| e.status_and_code().0, |r| r.status())
-            .as_u16(),
-    );
-    span.end();
+    end_request(span, &reply);
     reply
+}
+
+/// Ends a request span with the status its reply answers.
+fn end_request(mut span: trace::Span, reply: &Result<Response, ApiError>) {
+    let status = reply
+        .as_ref()
+        .map_or_else(|e| e.status_and_code().0, |r| r.status());
+    span.answered(status.as_u16());
+    span.end();
 }
 
 /// `POST /orders` under its request span.
@@ -107,15 +110,9 @@ pub async fn create_batch(
     request_id: String,
     api: Arc<Api>,
 ) -> Result<Response, ApiError> {
-    let mut span = incoming.request("POST /orders/batch", "/orders/batch");
+    let span = incoming.request("POST /orders/batch", "/orders/batch");
     let reply = place_batch(&span, body, idempotency_key, request_id, api).await;
-    span.answered(
-        reply
-            .as_ref()
-            .map_or_else(|e| e.status_and_code().0, |r| r.status())
-            .as_u16(),
-    );
-    span.end();
+    end_request(span, &reply);
     reply
 }
 

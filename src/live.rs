@@ -148,7 +148,7 @@ impl Hub {
     }
 }
 
-/// The reader: follows the stream from its end at start (and, after a failure, from the last
+/// The reader: follows the stream from the time it starts (and, after a failure, from the last
 /// entry read, so nothing is skipped) and passes each entry on. With no stream listening it
 /// only keeps its place. Reconnects with backoff.
 async fn follow(
@@ -163,8 +163,7 @@ async fn follow(
     while !shutdown.is_cancelled() {
         let connected = async {
             if after.is_none() {
-                let latest = queue.latest_event_id().await?;
-                after = Some(latest.unwrap_or_else(|| "0-0".into()));
+                after = Some(queue.events_now().await?);
             }
             queue.stream_connection().await
         };

@@ -1,21 +1,20 @@
-//! Following the event stream as it grows, for live events over HTTP (`crate::live`): where it
-//! ends now, and what was appended after an id (a blocking `XREAD`).
+//! Following the event stream as it grows, for live events over HTTP (`crate::live`): where
+//! "now" is in it, and what was appended after an id (a blocking `XREAD`).
 
 use super::{BlockingConnection, Queue, QueueError, StreamEvent};
-use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::streams::StreamReadReply;
 
 impl Queue {
-    /// The id of the newest entry of the event stream, `None` when it is empty or missing.
-    pub async fn latest_event_id(&self) -> Result<Option<String>, QueueError> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.keys.events())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn())
+    /// An id to follow the event stream from that skips what it holds now: just before the
+    /// stream server's current millisecond (entry ids are that server's time, or later). Asked
+    /// with `TIME`, which the api role may run already (`XREVRANGE` is not in its ACL).
+    pub async fn events_now(&self) -> Result<String, QueueError> {
+        let (seconds, micros): (u64, u64) = self
+            .conn()
+            .query_on_owner_of(self.keys.events(), &redis::cmd("TIME"))
             .await?;
-        Ok(reply.ids.into_iter().next().map(|entry| entry.id))
+        let ms = (seconds * 1000 + micros / 1000).saturating_sub(1);
+        Ok(format!("{ms}-{}", u64::MAX))
     }
 
     /// Up to `count` entries appended after the entry `after` (`0-0`: from the start), oldest

@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-/// Entries the reader takes per read.
+/// Entries the reader takes per read, at most: it passes them on at once, so a read is also at
+/// most half the broadcast buffer, or a burst alone would leave every stream behind.
 const READ_COUNT: usize = 512;
 /// How long one read waits on the server; between reads the reader checks for shutdown.
 const READ_BLOCK_MS: u64 = 1000;
@@ -133,7 +134,8 @@ impl Hub {
             shutdown: shutdown.clone(),
         });
         let log = log.new(slog::o!("task" => "live events"));
-        tokio::spawn(follow(queue, sender, shutdown, log));
+        let read_count = (config.sse_buffer_events / 2).clamp(1, READ_COUNT);
+        tokio::spawn(follow(queue, sender, read_count, shutdown, log));
         hub
     }
 
@@ -154,6 +156,7 @@ impl Hub {
 async fn follow(
     queue: Queue,
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    read_count: usize,
     shutdown: Shutdown,
     log: Logger,
 ) {
@@ -184,7 +187,7 @@ async fn follow(
                 break None;
             }
             match queue
-                .follow_events(&mut conn, &from, READ_COUNT, READ_BLOCK_MS)
+                .follow_events(&mut conn, &from, read_count, READ_BLOCK_MS)
                 .await
             {
                 Ok(entries) => {

@@ -135,22 +135,26 @@ async fn request(app: &TestApp, path: &str, last_event_id: Option<&str>) -> reqw
     request.send().await.expect("GET /events")
 }
 
-/// The event stream's entries after `after` (exclusive; `None`: all), as (id, event JSON).
+/// The event stream's entries after `after` (exclusive; `None`: all), as (id, event JSON), read
+/// a page at a time (the test connection times out on one large reply).
 async fn stream_after(app: &TestApp, after: Option<&str>) -> Vec<(String, String)> {
     let mut redis = app.redis.clone();
-    let start = after.map_or("-".to_string(), |id| format!("({id}"));
-    let reply: redis::streams::StreamRangeReply = redis
-        .xrange(app.key("events"), start, "+")
-        .await
-        .expect("XRANGE");
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    loop {
+        let from = entries.last().map(|(id, _)| id.as_str()).or(after);
+        let start = from.map_or("-".to_string(), |id| format!("({id}"));
+        let reply: redis::streams::StreamRangeReply = redis
+            .xrange_count(app.key("events"), start, "+", 500)
+            .await
+            .expect("XRANGE");
+        if reply.ids.is_empty() {
+            return entries;
+        }
+        for entry in reply.ids {
             let event: String = entry.get("event").expect("an event field");
-            (entry.id, event)
-        })
-        .collect()
+            entries.push((entry.id, event));
+        }
+    }
 }
 
 fn ids_and_data(frames: &[Frame]) -> Vec<(String, String)> {
@@ -365,6 +369,42 @@ async fn past_the_stream_limit_it_is_503_and_streams_end_at_shutdown() {
     while second.next(WAIT).await.is_some() {}
     let rest = third.unwrap().bytes().await;
     assert!(rest.is_ok(), "the stream ended cleanly: {rest:?}");
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_is_ended_and_resumes_from_redis_without_a_gap() {
+    const EVENTS: usize = 20_000;
+    let app = TestApp::spawn_with(api_only(), &[("ORDERS_SSE_BUFFER_EVENTS", "16")]).await;
+    let mut slow = Sse::open(&app, "/events", None).await;
+    // It reads nothing while about 26 MiB of events are appended: more than the socket buffers
+    // hold, so its stream falls more than 16 events behind the process's reader.
+    for from in (0..EVENTS).step_by(1000) {
+        append_events(&app, from, 1000).await;
+    }
+    let mut got = Vec::new();
+    while let Some(frame) = slow.next(WAIT).await {
+        if frame.is_event() {
+            got.push(frame);
+        }
+    }
+    assert!(
+        !got.is_empty() && got.len() < EVENTS,
+        "the stream ended after {} of {EVENTS} events",
+        got.len()
+    );
+    eprintln!(
+        "slow client: its stream ended after {} of {EVENTS} events",
+        got.len()
+    );
+    // Resumed with the id of the last event it got: the rest, once, in order.
+    let last = got.last().unwrap().id.clone().unwrap();
+    let mut again = Sse::open(&app, "/events", Some(&last)).await;
+    got.extend(again.events(EVENTS - got.len(), WAIT).await);
+    let stream = stream_after(&app, None).await;
+    assert_eq!(stream.len(), EVENTS);
+    assert!(ids_and_data(&got) == stream, "every event once, in order");
+    assert_eq!(again.next_event(QUIET).await, None, "nothing more");
     app.cleanup().await;
 }
 

@@ -306,6 +306,16 @@ async fn bad_ids_and_filters_are_refused_and_an_idle_stream_sends_heartbeats() {
         let response = request(&app, path, None).await;
         check_error(response, 422, "invalid_field", Field::Is(field), path).await;
     }
+    // A bad parameter is refused even beside a good header.
+    let response = request(&app, "/events?last_event_id=x", Some("1-0")).await;
+    check_error(
+        response,
+        422,
+        "invalid_field",
+        Field::Is("last_event_id"),
+        "both",
+    )
+    .await;
     for path in ["/events?since=1", "/events?order_id=a&order_id=b"] {
         let response = request(&app, path, None).await;
         check_error(response, 400, "invalid_query", Field::Absent, path).await;

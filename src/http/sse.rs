@@ -83,20 +83,23 @@ pub async fn events(
         customer_id,
         order_id,
     };
-    let cursor = match (last_event_id.as_deref(), params.last_event_id.as_deref()) {
-        (Some(header), _) if !header.is_empty() => {
-            Some(EventId::parse(header).ok_or_else(|| {
-                ApiError::InvalidHeader("Last-Event-ID must be a stream id, <ms>-<seq>".into())
-            })?)
-        }
-        (_, Some(param)) if !param.is_empty() => Some(EventId::parse(param).ok_or_else(|| {
+    // Both are checked; the header wins.
+    let from_query = match params.last_event_id.as_deref() {
+        None | Some("") => None,
+        Some(param) => Some(EventId::parse(param).ok_or_else(|| {
             super::handlers::invalid(
                 "last_event_id",
                 "last_event_id must be a stream id, <ms>-<seq>",
             )
         })?),
-        _ => None,
     };
+    let from_header = match last_event_id.as_deref() {
+        None | Some("") => None,
+        Some(header) => Some(EventId::parse(header).ok_or_else(|| {
+            ApiError::InvalidHeader("Last-Event-ID must be a stream id, <ms>-<seq>".into())
+        })?),
+    };
+    let cursor = from_header.or(from_query);
     let hub = api.live.clone();
     let Some(permit) = hub.admit() else {
         metrics::counter!(STREAMS_REFUSED).increment(1);

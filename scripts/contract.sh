@@ -111,6 +111,8 @@ createdb --maintenance-db="$PG_SERVER/postgres" "$DB" || die "createdb $DB faile
 # more than the failed attempts a client is allowed: past them the service would answer 429 to
 # every admin request, the right token too, and the run would no longer reach the admin
 # operations. The limit itself is tested in tests/admin.rs.
+# GET /events is an endless stream: ended by the server after 300 ms, each of its answers is a
+# whole response schemathesis can check (tests/sse.rs tests the streams themselves).
 say "starting orders on $BASE (database $DB, Redis prefix $PREFIX, log $LOG)"
 DATABASE_URL=$PG_SERVER/$DB \
 REDIS_URL=$REDIS_URL \
@@ -119,6 +121,7 @@ ORDERS_REDIS_PREFIX=$PREFIX \
 ORDERS_PROCESSING_DELAY_MS=0 \
 ORDERS_ADMIN_TOKEN=$TOKEN \
 ORDERS_ADMIN_AUTH_MAX_FAILURES=1000000000 \
+ORDERS_SSE_MAX_STREAM_MS=300 \
 ORDERS_LOG_FORMAT=json \
     "$BIN" serve >"$LOG" 2>&1 &
 SERVICE_PID=$!

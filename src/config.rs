@@ -51,6 +51,10 @@ pub struct Config {
     pub notifier_catch_up_ms: u64,
     pub notifier_claim_idle_ms: u64,
     pub event_stream_maxlen: u64,
+    pub sse_max_streams: usize,
+    pub sse_buffer_events: usize,
+    pub sse_heartbeat_ms: u64,
+    pub sse_max_stream_ms: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     pub trace_endpoint: String,
@@ -212,6 +216,10 @@ impl Config {
                 "notifier_claim_idle_ms",
                 self.notifier_claim_idle_ms as usize,
             ),
+            ("sse_max_streams", self.sse_max_streams),
+            ("sse_buffer_events", self.sse_buffer_events),
+            ("sse_heartbeat_ms", self.sse_heartbeat_ms as usize),
+            ("sse_max_stream_ms", self.sse_max_stream_ms as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
@@ -223,6 +231,8 @@ impl Config {
             ("http_write_timeout_ms", self.http_write_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("sse_heartbeat_ms", self.sse_heartbeat_ms),
+            ("sse_max_stream_ms", self.sse_max_stream_ms),
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, v)| *v > day) {
             return Err(ConfigError::Invalid(format!(
@@ -243,6 +253,19 @@ impl Config {
                 "ORDERS_EVENT_STREAM_MAXLEN (event_stream_maxlen) must be at least 1000: the \
                  stream is how consumers catch up, and the notifier reads it"
                     .into(),
+            ));
+        }
+        // Event streams hold connections: they must leave room under the cap for orders.
+        if self.sse_max_streams >= self.http_max_connections {
+            return Err(ConfigError::Invalid(
+                "sse_max_streams must be less than http_max_connections (each event stream holds \
+                 a connection)"
+                    .into(),
+            ));
+        }
+        if self.sse_buffer_events > 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "sse_buffer_events must be at most 1048576".into(),
             ));
         }
         if !(1024..=1024 * 1024).contains(&self.http_max_header_bytes) {

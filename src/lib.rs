@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod live;
 pub mod order;
 pub mod queue;
 pub mod stats;
@@ -217,6 +218,7 @@ pub async fn start(
             cancelled_channel: config.cancelled_channel.clone(),
             roles: status.clone(),
             probe: probe.clone(),
+            live: live::Hub::start(config, queue.clone(), shutdown.clone(), &log),
             lease: std::time::Duration::from_millis(config.lease_ms),
             log: log.new(slog::o!("role" => "api")),
         });

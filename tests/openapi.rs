@@ -15,7 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(orders::Roles::ALL, &[("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN)]).await
+    // `GET /events` is an endless stream: ended after half a second, its answer can be read
+    // whole like any other.
+    let env = [
+        ("ORDERS_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("ORDERS_SSE_MAX_STREAM_MS", "500"),
+    ];
+    TestApp::spawn_with(orders::Roles::ALL, &env).await
 }
 
 /// The document, as the running service serves it.

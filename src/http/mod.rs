@@ -14,6 +14,7 @@
 //! - `error.rs`: [`ApiError`], its responses, [`recover`]
 //! - `openapi.rs`: the OpenAPI document served at `/openapi.json`
 //! - `console.rs`: the operator console's page, script and style sheet (`console/`)
+//! - `sse.rs`: `GET /events`, live events as Server-Sent Events
 
 mod access_log;
 mod admin;
@@ -26,6 +27,7 @@ mod openapi;
 mod request_id;
 mod routes;
 mod server;
+mod sse;
 
 pub use auth::AdminAuth;
 pub use body::{json_body, Body, BodyBudget};
@@ -74,6 +76,8 @@ pub struct Api {
     pub roles: Arc<crate::RoleStatus>,
     /// What `/readyz` asks of Redis: the permissions this process's roles need.
     pub probe: Arc<crate::queue::Probe>,
+    /// The live events of this process, for `GET /events`.
+    pub live: Arc<crate::live::Hub>,
     /// The worker lease, past which the console marks a worker stuck.
     pub lease: std::time::Duration,
     pub log: Logger,

@@ -7,7 +7,7 @@ use super::body::json_body;
 use super::console::{self, Asset};
 use super::error::answer;
 use super::request_id::request_id;
-use super::{admin as ops, handlers, openapi, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
+use super::{admin as ops, handlers, openapi, sse, Api, ApiError, MAX_BATCH_BODY, MAX_BODY};
 use futures_util::future;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -60,6 +60,7 @@ static HEALTHZ: Route = Route::new("/healthz", &[(Method::GET, Public)]);
 static READYZ: Route = Route::new("/readyz", &[(Method::GET, Public)]);
 static STATS: Route = Route::new("/stats", &[(Method::GET, Public)]);
 static METRICS: Route = Route::new("/metrics", &[(Method::GET, Public)]);
+static EVENTS: Route = Route::new("/events", &[(Method::GET, Public)]);
 static OPENAPI: Route = Route::new("/openapi.json", &[(Method::GET, Public)]);
 static FRONT_PAGE: Route = Route::new("/", &[(Method::GET, Public)]);
 static CONSOLE: Route = Route::new("/console", &[(Method::GET, Public)]);
@@ -88,6 +89,7 @@ pub static ROUTES: &[&Route] = &[
     &STATS,
     &STATS_HISTORY,
     &METRICS,
+    &EVENTS,
     &OPENAPI,
     &FRONT_PAGE,
     &CONSOLE,
@@ -304,6 +306,11 @@ pub(super) fn router(
     let stats = public(&STATS, Method::GET)
         .and(with_api.clone())
         .then(handlers::stats);
+    let events = public(&EVENTS, Method::GET)
+        .and(raw_query())
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(with_api.clone())
+        .then(sse::events);
     let metrics = public(&METRICS, Method::GET)
         .and(with_api)
         .then(handlers::metrics);
@@ -343,7 +350,7 @@ pub(super) fn router(
         .unify()
         .or(dead_letter_ops.or(operator).unify())
         .unify()
-        .or(probes.or(document).unify())
+        .or(probes.or(document).unify().or(events).unify())
         .unify()
         .or(console)
         .unify()

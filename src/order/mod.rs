@@ -144,27 +144,7 @@ impl NewOrder {
         items: Vec<String>,
         total: Money,
     ) -> Result<NewOrder, InvalidOrder> {
-        let customer_id = customer_id.trim();
-        let chars = customer_id.chars().count();
-        if chars == 0 || chars > MAX_CUSTOMER_CHARS {
-            return Err(InvalidOrder::rule(
-                "customer_id",
-                format!("customer_id must be 1 to {MAX_CUSTOMER_CHARS} characters"),
-            ));
-        }
-        if let Some(problem) = unsafe_text(customer_id) {
-            return Err(InvalidOrder::rule(
-                "customer_id",
-                format!("customer_id must not {problem}"),
-            ));
-        }
-        let edges = [customer_id.chars().next(), customer_id.chars().last()];
-        if edges.into_iter().flatten().any(invisible) {
-            return Err(InvalidOrder::rule(
-                "customer_id",
-                "customer_id must begin and end with a visible character",
-            ));
-        }
+        let customer_id = parse_customer_id(&customer_id)?;
         if items.is_empty() || items.len() > MAX_ITEMS {
             return Err(InvalidOrder::rule(
                 "items",
@@ -192,6 +172,33 @@ impl NewOrder {
             total,
         })
     }
+}
+
+/// A customer id as orders store it (trimmed), or the rule it breaks: also what a filter on
+/// customers must be to match any order.
+pub fn parse_customer_id(raw: &str) -> Result<&str, InvalidOrder> {
+    let customer_id = raw.trim();
+    let chars = customer_id.chars().count();
+    if chars == 0 || chars > MAX_CUSTOMER_CHARS {
+        return Err(InvalidOrder::rule(
+            "customer_id",
+            format!("customer_id must be 1 to {MAX_CUSTOMER_CHARS} characters"),
+        ));
+    }
+    if let Some(problem) = unsafe_text(customer_id) {
+        return Err(InvalidOrder::rule(
+            "customer_id",
+            format!("customer_id must not {problem}"),
+        ));
+    }
+    let edges = [customer_id.chars().next(), customer_id.chars().last()];
+    if edges.into_iter().flatten().any(invisible) {
+        return Err(InvalidOrder::rule(
+            "customer_id",
+            "customer_id must begin and end with a visible character",
+        ));
+    }
+    Ok(customer_id)
 }
 
 /// White space, or a character that shows nothing (soft hyphen, zero-width characters).

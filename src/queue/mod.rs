@@ -13,6 +13,7 @@ mod delivery;
 mod ingest;
 mod keys;
 mod lease;
+mod live;
 mod probe;
 mod repair;
 mod retry;

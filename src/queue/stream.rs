@@ -16,7 +16,7 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    fn from_entry(entry: StreamId) -> StreamEvent {
+    pub(super) fn from_entry(entry: StreamId) -> StreamEvent {
         let event = match entry.map.get("event") {
             Some(redis::Value::BulkString(bytes)) => bytes.clone(),
             Some(redis::Value::SimpleString(s)) => s.clone().into_bytes(),

@@ -3,8 +3,10 @@
 //! adoption, retirement), [`retry`] (the schedule and its promotion), [`dead_letters`] (the
 //! indexed dead letters: pages, retry, delete, purge), [`admin`] (removal, pause, scheduled
 //! retries, workers, history, gauges), [`probe`] (whether this Redis lets the roles do
-//! their work) and [`repair`] (orders PostgreSQL holds as processing that Redis lost). Each Lua script sits in a `.lua` file beside the one
-//! function that runs it, and runs through [`script::Lua`]. Key names are in [`keys`].
+//! their work), [`repair`] (orders PostgreSQL holds as processing that Redis lost) and [`stream`]
+//! (the event stream: the notifier's consumer group, reads from an id, following it live). Each
+//! Lua script sits in a `.lua` file beside the one function that runs it, and runs through
+//! [`script::Lua`]. Key names are in [`keys`].
 
 mod admin;
 mod connection;
@@ -13,7 +15,6 @@ mod delivery;
 mod ingest;
 mod keys;
 mod lease;
-mod live;
 mod probe;
 mod repair;
 mod retry;

@@ -2,8 +2,8 @@
 //! that publishes it (see `publish_and_acknowledge.lua`, `dead_letter_and_publish.lua`,
 //! `publish_event.lua`) and trimmed to about `event_stream_maxlen` entries. Each entry has one
 //! field, `event`, the event's JSON as published. Here: reading it as a consumer group (the
-//! notifier's), taking over what a dead member left pending, and reading it from an id (live
-//! events over HTTP).
+//! notifier's), taking over what a dead member left pending, and reading it from an id and
+//! following it as it grows (live events over HTTP).
 
 use super::{BlockingConnection, Queue, QueueError};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
@@ -16,7 +16,7 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    pub(super) fn from_entry(entry: StreamId) -> StreamEvent {
+    fn from_entry(entry: StreamId) -> StreamEvent {
         let event = match entry.map.get("event") {
             Some(redis::Value::BulkString(bytes)) => bytes.clone(),
             Some(redis::Value::SimpleString(s)) => s.clone().into_bytes(),
@@ -68,13 +68,40 @@ impl Queue {
             .arg("STREAMS")
             .arg(self.keys.events())
             .arg(">");
-        let reply: Option<StreamReadReply> = conn.query(&cmd).await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(StreamEvent::from_entry)
-            .collect())
+        Ok(read_entries(conn.query(&cmd).await?))
+    }
+
+    /// An id to follow the event stream from that skips what it holds now: just before the
+    /// stream server's current millisecond (entry ids are that server's time, or later). Asked
+    /// with `TIME`, which the api role may run already (`XREVRANGE` is not in its ACL).
+    pub async fn events_now(&self) -> Result<String, QueueError> {
+        let (seconds, micros): (u64, u64) = self
+            .conn()
+            .query_on_owner_of(self.keys.events(), &redis::cmd("TIME"))
+            .await?;
+        let ms = (seconds * 1000 + micros / 1000).saturating_sub(1);
+        Ok(format!("{ms}-{}", u64::MAX))
+    }
+
+    /// Up to `count` entries appended after the entry `after` (`0-0`: from the start), oldest
+    /// first, waiting up to `block_ms` on the server for the first one: how the live events
+    /// (`crate::live`) follow the stream as it grows.
+    pub async fn follow_events(
+        &self,
+        conn: &mut BlockingConnection,
+        after: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<StreamEvent>, QueueError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(self.keys.events())
+            .arg(after);
+        Ok(read_entries(conn.query(&cmd).await?))
     }
 
     /// Acknowledges these entries for `group`.
@@ -154,8 +181,18 @@ impl Queue {
         Ok(reply.ids.into_iter().map(StreamEvent::from_entry).collect())
     }
 
-    /// A connection for blocking stream reads (a notifier's group reads).
+    /// A connection for blocking stream reads (a notifier's group reads, the live events').
     pub async fn stream_connection(&self) -> Result<BlockingConnection, QueueError> {
         self.deployment.blocking_connection().await
     }
+}
+
+/// The entries of an `XREAD` or `XREADGROUP` reply on the one stream (none when it timed out).
+fn read_entries(reply: Option<StreamReadReply>) -> Vec<StreamEvent> {
+    reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .map(StreamEvent::from_entry)
+        .collect()
 }

@@ -458,6 +458,13 @@ async fn with_no_endpoint_jobs_carry_no_trace_context() {
         job.get("traceparent").is_none() && job.get("tracestate").is_none(),
         "{job}"
     );
+    // The line is written by the logger's own thread, a moment after the answer.
+    wait_until(
+        "the order accepted line",
+        Duration::from_secs(5),
+        || async { api.log.find("order accepted").is_some() },
+    )
+    .await;
     let line = api.log.find("order accepted").expect("order accepted");
     assert!(line.get("trace_id").is_none(), "{line}");
     assert!(api.log.find("tracing").is_none());
